@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = ROOT / "searchspaces"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def spaces_dir() -> Path:
+    return SPACES
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> Path:
+    p = Path(os.environ.get("NAS_TEST_SHAKESPEARE", SHARED_DATA / "tinyshakespeare" / "input.txt"))
+    if not p.exists():
+        pytest.skip(f"Tiny Shakespeare not found at {p}")
+    return p
