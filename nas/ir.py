@@ -51,6 +51,57 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _canonical_order(g: "CellGraph") -> list[str]:
+    """Nodes in an order that depends only on the cell's structure, not on names.
+
+    Colour refinement (1-dimensional Weisfeiler-Lehman on the directed graph, with the
+    operand position on edges into non-commutative ops), then individualisation: while
+    a colour class still has several members (symmetric nodes, e.g. two identical
+    branches averaged by a mean), one member gets its own colour and refinement runs
+    again, so the nodes that hang off it are told apart consistently.
+    """
+    nodes = g.nodes
+    ids = list(nodes)
+    state_index = {s: i for i, s in enumerate(g.states)}
+    outs = {nid: tuple(sorted(state_index[s] for s, o in g.outputs.items() if o == nid)) for nid in ids}
+    ins: dict[str, list[tuple[str, int]]] = {nid: [] for nid in ids}
+    cons: dict[str, list[tuple[str, int]]] = {nid: [] for nid in ids}
+    for nid, n in nodes.items():
+        comm = OPS[n.op].commutative
+        for k, src in enumerate(n.inputs):
+            pos = -1 if comm else k
+            ins[nid].append((src, pos))
+            cons[src].append((nid, pos))
+
+    def initial(nid: str) -> tuple:
+        n = nodes[nid]
+        role = -1 if nid == INPUT else (state_index[nid] if n.op == "input" else -2)
+        return (n.op, repr(float(n.value)) if n.value is not None else "", role, outs[nid])
+
+    def ranks(sig: dict[str, tuple]) -> dict[str, int]:
+        order = {v: i for i, v in enumerate(sorted(set(sig.values())))}
+        return {nid: order[sig[nid]] for nid in ids}
+
+    def refine(color: dict[str, int]) -> dict[str, int]:
+        while True:
+            sig = {nid: (color[nid], tuple(sorted((color[s], p) for s, p in ins[nid])),
+                         tuple(sorted((color[c], p) for c, p in cons[nid]))) for nid in ids}
+            new = ranks(sig)
+            if len(set(new.values())) == len(set(color.values())):
+                return new
+            color = new
+
+    color = refine(ranks({nid: initial(nid) for nid in ids}))
+    while len(set(color.values())) < len(ids):
+        classes: dict[int, list[str]] = {}
+        for nid in ids:
+            classes.setdefault(color[nid], []).append(nid)
+        tied = min(c for c, members in classes.items() if len(members) > 1)
+        chosen = classes[tied][0]
+        color = refine({nid: (2 * c + (1 if nid == chosen else 0)) for nid, c in color.items()})
+    return sorted(ids, key=color.__getitem__)
+
+
 class CellGraph:
     """A validated cell. `nodes` are kept in a topological order, sources first."""
 
@@ -198,59 +249,8 @@ class CellGraph:
         """A JSON form that is equal for isomorphic cells (node ids become n0, n1, ...)."""
         g = self.simplified()
         nodes = g.nodes
-        state_index = {s: i for i, s in enumerate(g.states)}
-        down: dict[str, str] = {}
-        for n in nodes.values():  # topological: inputs first
-            if n.op == "input":
-                down[n.id] = _sha(["in", -1 if n.id == INPUT else state_index[n.id]])
-            elif n.op == "const":
-                down[n.id] = _sha(["const", repr(float(n.value))])
-            else:
-                kids = [down[i] for i in n.inputs]
-                if OPS[n.op].commutative:
-                    kids.sort()
-                down[n.id] = _sha([n.op, kids])
-        consumers = g.consumers()
-        up: dict[str, str] = {}
-        for nid in reversed(list(nodes)):
-            marks = [["out", state_index[s]] for s, o in g.outputs.items() if o == nid]
-            for c in consumers[nid]:
-                cn = nodes[c]
-                positions = [i for i, src in enumerate(cn.inputs) if src == nid]
-                for p in positions:
-                    marks.append([up[c], down[c], "*" if OPS[cn.op].commutative else p])
-            marks.sort()
-            up[nid] = _sha(marks)
-        label = {nid: _sha([down[nid], up[nid]]) for nid in nodes}
-        # number the nodes by a depth-first walk from the outputs, operands of commutative
-        # ops in label order: subtrees are numbered whole, so tied (symmetric) operands
-        # are numbered consistently whatever their names
-        index: dict[str, int] = {}
-        ranked: list[str] = []
-        for src in [INPUT, *g.states]:
-            index[src] = len(ranked)
-            ranked.append(src)
-
-        def visit(root: str) -> None:
-            stack: list[tuple[str, bool]] = [(root, False)]
-            while stack:
-                nid, expanded = stack.pop()
-                if nid in index:
-                    continue
-                if expanded:
-                    index[nid] = len(ranked)
-                    ranked.append(nid)
-                    continue
-                stack.append((nid, True))
-                ins = list(nodes[nid].inputs)
-                if OPS[nodes[nid].op].commutative:
-                    ins.sort(key=lambda i: label[i])
-                for i in reversed(ins):
-                    if i not in index:
-                        stack.append((i, False))
-
-        for s in g.states:
-            visit(g.outputs[s])
+        index = {nid: i for i, nid in enumerate(_canonical_order(g))}
+        ranked = sorted(nodes, key=index.__getitem__)
         out_nodes = []
         for nid in ranked:
             n = nodes[nid]
