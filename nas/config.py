@@ -55,6 +55,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0)
     clip: float = Field(1.0, ge=0.0, description="gradient-norm clipping (0 = off)")
     lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="lr factor when validation stops improving")
+    diverge_factor: float = Field(100.0, ge=0.0, description="diverged if the training loss exceeds this "
+                                  "times the first step's loss (0 = only NaN/inf)")
     eval_every: int = Field(100, ge=1, description="steps between intermediate evaluations")
     eval_batches: int = Field(10, ge=1, description="batches per intermediate evaluation")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

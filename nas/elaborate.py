@@ -673,5 +673,12 @@ def _has_loose(e) -> bool:
     return any(isinstance(x, ELoose) for x in _walk(e))
 
 
+def parse_task(text: str, where: str = "--task") -> TaskSpec:
+    """A task written as in a space file, e.g. `char_lm("input.txt", seq_len=128)`."""
+    from .dsl import parse_expr
+
+    return _Elaborator(ast.SpaceFile(file=where, text=text)).task_spec(parse_expr(text, where))
+
+
 def elaborate(f: ast.SpaceFile) -> SpaceProgram:
     return _Elaborator(f).run()

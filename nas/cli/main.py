@@ -65,6 +65,13 @@ def main() -> None:
             raise
         report_user_error(exc)
         sys.exit(2)
+    except Exception as exc:
+        from ..storage import StorageError
+
+        if isinstance(exc, StorageError) and not debug:
+            report_user_error(UserError(exc.message, exc.hint))
+            sys.exit(2)
+        raise
     except KeyboardInterrupt:
         err_console.print("interrupted", style="yellow")
         sys.exit(130)

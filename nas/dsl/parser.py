@@ -48,7 +48,7 @@ class _DropNewlinesInParens:
 def _lark() -> Lark:
     grammar = resources.files("nas.dsl").joinpath("grammar.lark").read_text()
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                postlex=_DropNewlinesInParens())
+                postlex=_DropNewlinesInParens(), start=["start", "expr"])
 
 
 def _pos(meta_or_tok) -> ast.Pos:
@@ -232,7 +232,7 @@ def parse_text(text: str, file: str = "<space>") -> ast.SpaceFile:
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
-        tree = _lark().parse(text)
+        tree = _lark().parse(text, start="start")
         items = _ToAst().transform(tree).children
     except UnexpectedInput as err:
         raise _syntax_error(err, file, text) from None
@@ -276,8 +276,18 @@ def _assemble(items: list, file: str, text: str) -> ast.SpaceFile:
     return out
 
 
+def parse_expr(text: str, where: str = "<expr>") -> ast.Expr:
+    """Parse one expression (e.g. a task given on the command line)."""
+    if not text.strip():
+        raise SpaceError("empty expression", file=where, line=1, col=1)
+    try:
+        return _ToAst().transform(_lark().parse(text, start="expr"))
+    except UnexpectedInput as err:
+        raise _syntax_error(err, where, text) from None
+
+
 def parse_file(path: str | Path) -> ast.SpaceFile:
     return parse_text(read_space_text(path), str(path))
 
 
-__all__ = ["parse_text", "parse_file", "read_space_text", "Token"]
+__all__ = ["parse_text", "parse_file", "parse_expr", "read_space_text"]

@@ -1,0 +1,5 @@
+"""`python -m nas` is the `nas` command."""
+
+from .cli.main import main
+
+main()
