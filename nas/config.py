@@ -63,5 +63,9 @@ class TrainConfig(BaseModel):
     backend: str = Field("reference", description="cell compiler backend: reference | triton | auto")
 
 
+# The task names nas.tasks provides (checked there by a test); listed here so a space file
+# can be validated without importing the training code.
+KNOWN_TASKS = ("parity", "sum_mod", "copy", "recall", "char_lm", "word_lm")
+
 MODEL_KEYS = tuple(ModelConfig.model_fields)
 TRAIN_KEYS = tuple(TrainConfig.model_fields) + ("task",)

@@ -16,7 +16,7 @@ from typing import Any, Union
 import networkx as nx
 from pydantic import ValidationError
 
-from .config import MODEL_KEYS, TRAIN_KEYS, ModelConfig, TaskSpec, TrainConfig
+from .config import KNOWN_TASKS, MODEL_KEYS, TRAIN_KEYS, ModelConfig, TaskSpec, TrainConfig
 from .dsl import ast
 from .errors import SpaceError
 from .ir import INPUT, RESERVED
@@ -111,6 +111,9 @@ def _did_you_mean(word: str, options) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+_KEY_ALIASES = {"learning_rate": "lr", "lerning_rate": "lr", "hidden_size": "hidden", "num_layers": "layers",
+                "embedding": "embed", "embed_size": "embed", "bptt": "seq_len", "grad_clip": "clip",
+                "max_steps": "steps", "batch": "batch_size", "optim": "optimizer"}
 _INDEXED = re.compile(r"^(.*?)(\d+)$")
 
 
@@ -181,11 +184,14 @@ class _Elaborator:
             raise self.err("strings and true/false are not allowed inside a cell", e.pos,
                            "cells compute on numbers and nodes")
         if isinstance(e, ast.Ref):
+            if e.name.index is None and e.name.base in env and not e.primed:
+                raise self.err(f"'{e.name.base}' is a loop variable (an integer), not a node", e.pos,
+                               f"use it in an index, like n{{{e.name.base}}}")
             name = self.resolve(e.name, env, local)
             if e.primed:
                 if name not in self.f_states:
-                    raise self.err(f"'{name}'' is not a state; only states have a next value", e.pos,
-                                   f"declared states: {', '.join(self.f_states)}")
+                    raise self.err(f"{name}' refers to the next value of '{name}', which is not a declared state",
+                                   e.pos, f"declared states: {', '.join(self.f_states)}")
                 name = name + "'"
             if name in self.choice_sets:
                 raise self.err(f"'{name}' is a choice set; use it as {name}(...) or one_of({name})", e.pos)
@@ -198,9 +204,13 @@ class _Elaborator:
         if isinstance(e, ast.BinOp):
             left = self.expr(e.left, env, local, owner)
             if e.op == "div":
-                if not isinstance(e.right, ast.Num) or e.right.value == 0:
+                right = e.right
+                sign = 1.0
+                if isinstance(right, ast.Neg) and isinstance(right.operand, ast.Num):
+                    right, sign = right.operand, -1.0
+                if not isinstance(right, ast.Num) or right.value == 0:
                     raise self.err("division is only by a non-zero number", e.pos, "write a * b for products")
-                return EOp("mul", (left, EConst(1.0 / float(e.right.value))), e.pos)
+                return EOp("mul", (left, EConst(sign / float(right.value))), e.pos)
             right = self.expr(e.right, env, local, owner)
             return EOp(e.op, (left, right), e.pos)
         if isinstance(e, ast.Call):
@@ -335,14 +345,18 @@ class _Elaborator:
         for t in s.targets:
             n = self.resolve(t.name, env, local)
             if t.primed:
+                if n == INPUT:
+                    raise self.err("x is the cell's input and cannot be updated", t.pos)
                 if n not in self.f_states:
-                    raise self.err(f"'{n}'' updates a state that is not declared", t.pos,
+                    raise self.err(f"{n}' updates state '{n}', which is not declared", t.pos,
                                    f"add it to `state {', '.join([*self.f_states, n])}`")
                 n = n + "'"
             else:
-                if n == INPUT or n in self.f_states:
-                    raise self.err(f"cannot assign to the input '{n}'", t.pos,
-                                   f"to update a state write {n}' = ..." if n != INPUT else "x is the cell's input")
+                if n == INPUT:
+                    raise self.err("cannot assign to x, the cell's input", t.pos)
+                if n in self.f_states:
+                    raise self.err(f"'{n}' is the previous value of a state and cannot be assigned", t.pos,
+                                   f"write {n}' = ... to give the state its next value")
                 if n in RESERVED:
                     raise self.err(f"'{n}' is a reserved word and cannot name a node", t.pos)
                 if n in self.choice_sets:
@@ -359,8 +373,11 @@ class _Elaborator:
             if not (isinstance(e, ast.Call) and e.func.base == "split" and e.func.index is None):
                 raise self.err(f"{len(names)} names on the left need `split(linear(...), {len(names)})` on the right",
                                s.pos)
-            if len(e.args) != 2 or not isinstance(e.args[1], ast.Num) or e.args[1].value != len(names):
-                raise self.err(f"split(expr, k) with k = {len(names)} (the number of names on the left)", e.pos)
+            if len(e.args) != 2 or not isinstance(e.args[1], ast.Num):
+                raise self.err(f"write split(linear(...), {len(names)}) for {len(names)} names on the left", e.pos)
+            if e.args[1].value != len(names):
+                raise self.err(f"{len(names)} names on the left, but split(..., {e.args[1].value}) makes "
+                               f"{e.args[1].value} parts", e.pos, f"write split(linear(...), {len(names)})")
             inner = self.expr(e.args[0], env, local, owner)
             if not _is_linear(inner):
                 raise self.err("split(...) splits a linear(...) projection", e.pos,
@@ -385,8 +402,10 @@ class _Elaborator:
         for s, p in f.states:
             if s in seen:
                 raise self.err(f"duplicate state '{s}'", p)
-            if s == INPUT or s in RESERVED:
-                raise self.err(f"'{s}' cannot be a state name", p, "x is the cell's input")
+            if s == INPUT:
+                raise self.err("'x' cannot be a state name", p, "x is the cell's input")
+            if s in RESERVED:
+                raise self.err(f"'{s}' is a reserved word and cannot be a state name", p)
             seen[s] = p
         self.f_states = [s for s, _ in f.states]
         self.choice_sets = dict(f.choices)
@@ -433,6 +452,9 @@ class _Elaborator:
                             raise self.err(f"'{ref.name}' is used but state '{ref.name[:-1]}' is never updated",
                                            ref.pos)
                         hint = _did_you_mean(ref.name, [*defined, *sources])
+                        if hint is None:
+                            known = sorted(defined | sources)
+                            hint = "defined nodes: " + ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
                         raise self.err(f"undefined node '{ref.name}'", ref.pos, hint)
                     for t in st.targets:
                         g.add_edge(ref.name, t)
@@ -501,7 +523,9 @@ class _Elaborator:
                 seen[st.key] = st.pos
                 keys = allowed[block]
                 if keys is not None and st.key not in keys:
-                    hint = _did_you_mean(st.key, keys) or f"{block} keys: {', '.join(keys)}"
+                    alias = _KEY_ALIASES.get(st.key.lower().replace("-", "_"))
+                    hint = (f"did you mean '{alias}'?" if alias in keys else None) or _did_you_mean(st.key, keys) \
+                        or f"{block} keys: {', '.join(keys)}"
                     raise self.err(f"unknown key '{st.key}' in {block} block", st.pos, hint)
                 if block == "train" and st.key == "task":
                     out[block]["task"] = self.task_spec(st.value)
@@ -514,6 +538,8 @@ class _Elaborator:
             return e.value
         if isinstance(e, ast.Neg) and isinstance(e.operand, ast.Num):
             return -e.operand.value
+        if isinstance(e, ast.Ref) and e.name.index is None and not e.primed:
+            raise self.err(f"'{e.name.base}' is a name here; write \"{e.name.base}\" for a string", e.pos)
         raise self.err("expected a number, a \"string\" or true/false here", getattr(e, "pos", None))
 
     def number(self, e, what: str) -> float:
@@ -540,6 +566,9 @@ class _Elaborator:
                 if kwargs:
                     raise self.err("positional task arguments must come before keyword arguments", a.pos)
                 args.append(self.literal(a))
+        if e.func.base not in KNOWN_TASKS:
+            raise self.err(f"unknown task '{e.func.base}'", e.func.pos,
+                           _did_you_mean(e.func.base, KNOWN_TASKS) or f"tasks: {', '.join(KNOWN_TASKS)}")
         return TaskSpec(name=e.func.base, args=tuple(args), kwargs=kwargs)
 
     def hp_value(self, block: str, key: str, e: ast.Expr) -> Any:
@@ -580,7 +609,10 @@ class _Elaborator:
                 if len(pos_args) != 2 or set(kw) - {"n"}:
                     raise self.err(f"{fn}(lo, hi[, n=points]) takes two numbers", e.pos)
                 lo, hi = (self.number(a, f"{fn} bound") for a in pos_args)
-                n = int(self.number(kw["n"].value, "n")) if "n" in kw else DEFAULT_GRID
+                n = self.number(kw["n"].value, "n") if "n" in kw else DEFAULT_GRID
+                if not float(n).is_integer():
+                    raise self.err(f"n must be an integer number of points, got {n}", kw["n"].pos)
+                n = int(n)
                 if hi <= lo:
                     raise self.err(f"inverted range: {fn}({lo}, {hi})", e.pos, "write the smaller bound first")
                 if fn == "log_uniform" and lo <= 0:
@@ -609,7 +641,7 @@ class _Elaborator:
         if model is None:
             return
         try:
-            model(**{key: value})
+            model.model_validate({key: value}, strict=True)
         except ValidationError as exc:
             msg = exc.errors()[0].get("msg", str(exc))
             raise self.err(f"{block}.{key} = {value!r}: {msg}", pos) from None

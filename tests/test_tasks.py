@@ -445,3 +445,10 @@ def test_cuda_trials(factory, text_file, ptb_folder):
         assert r.metrics["peak_mem_mb"] > 0
     r = train_trial(make_task("parity"), lambda i, h, n, d: NaNAfter(i, h, 2), SMALL, FEW, device="cuda")
     assert r.status == "diverged" and r.diverged_step == 2
+
+
+def test_known_task_names_match_the_registry() -> None:
+    from nas.config import KNOWN_TASKS
+    from nas.tasks import TASK_NAMES
+
+    assert tuple(sorted(KNOWN_TASKS)) == tuple(sorted(TASK_NAMES))

@@ -19,7 +19,7 @@ app = typer.Typer(
     help="cellsearch: neural architecture search over recurrent cells.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
 

@@ -6,6 +6,7 @@ ever evaluated as Python.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -27,8 +28,18 @@ _TERMINAL_WORDS = {
 }
 
 
+MAX_NESTING = 64
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int, col: int):
+        super().__init__("nesting too deep")
+        self.line, self.col = line, col
+
+
 class _DropNewlinesInParens:
-    """Post-lexer: a newline inside (...) continues the line, as in Python."""
+    """Post-lexer: a newline inside (...) continues the line, as in Python; nesting
+    deeper than MAX_NESTING is refused here, before it can exhaust the stack."""
 
     always_accept = ("_NL",)
 
@@ -37,6 +48,8 @@ class _DropNewlinesInParens:
         for tok in stream:
             if tok.type == "LPAR":
                 depth += 1
+                if depth > MAX_NESTING:
+                    raise _TooDeep(tok.line, tok.column)
             elif tok.type == "RPAR":
                 depth = max(0, depth - 1)
             elif tok.type == "_NL" and depth > 0:
@@ -49,6 +62,25 @@ def _lark() -> Lark:
     grammar = resources.files("nas.dsl").joinpath("grammar.lark").read_text()
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
                 postlex=_DropNewlinesInParens(), start=["start", "expr"])
+
+
+class _BadNumber(Exception):
+    def __init__(self, tok: Token, message: str):
+        super().__init__(message)
+        self.tok, self.message = tok, message
+
+
+def _number(tok: Token, kind):
+    text = str(tok)
+    if len(text) > 40:
+        raise _BadNumber(tok, f"number too long ({len(text)} characters)")
+    try:
+        value = kind(text)
+        if not math.isfinite(float(value)):
+            raise OverflowError
+    except (OverflowError, ValueError):
+        raise _BadNumber(tok, f"number {text} is out of range") from None
+    return value
 
 
 def _pos(meta_or_tok) -> ast.Pos:
@@ -87,10 +119,10 @@ class _ToAst(Transformer):
 
     # expressions
     def int_lit(self, meta, c):
-        return ast.Num(int(c[0]), _pos(c[0]))
+        return ast.Num(_number(c[0], int), _pos(c[0]))
 
     def float_lit(self, meta, c):
-        return ast.Num(float(c[0]), _pos(c[0]))
+        return ast.Num(_number(c[0], float), _pos(c[0]))
 
     def string_lit(self, meta, c):
         return ast.Str(str(c[0])[1:-1], _pos(c[0]))
@@ -186,8 +218,10 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> SpaceError:
                               file=file, line=len(lines), col=len(lines[-1]) + 1,
                               hint=f"expected {_describe_expected(set(err.expected))}")
         shown = "a new line" if tok.type == "_NL" else repr(str(tok))
-        return SpaceError(f"syntax error: unexpected {shown}", file=file, line=line, col=col,
-                          hint=f"expected {_describe_expected(set(err.expected))}")
+        hint = f"expected {_describe_expected(set(err.expected))}"
+        if tok.type == "PRIME":
+            hint = "strings use double quotes; ' only follows a state name, as in h'"
+        return SpaceError(f"syntax error: unexpected {shown}", file=file, line=line, col=col, hint=hint)
     return SpaceError(f"syntax error: {err}", file=file, line=line, col=col)
 
 
@@ -236,10 +270,18 @@ def parse_text(text: str, file: str = "<space>") -> ast.SpaceFile:
         items = _ToAst().transform(tree).children
     except UnexpectedInput as err:
         raise _syntax_error(err, file, text) from None
-    except VisitError as err:  # a transformer bug or a number that does not fit
-        raise SpaceError(f"syntax error: {err.orig_exc}", file=file, line=1, col=1) from None
+    except VisitError as err:
+        orig = err.orig_exc
+        if isinstance(orig, _BadNumber):
+            raise SpaceError(orig.message, file=file, line=orig.tok.line, col=orig.tok.column,
+                             hint="numbers must be finite and at most 40 characters") from None
+        raise SpaceError(f"syntax error: {orig}", file=file, line=1, col=1) from None
+    except _TooDeep as err:
+        raise SpaceError(f"parentheses nested more than {MAX_NESTING} deep", file=file, line=err.line, col=err.col,
+                         hint="name intermediate nodes instead of nesting calls") from None
     except RecursionError:
-        raise SpaceError("expression nested too deeply", file=file, line=1, col=1) from None
+        raise SpaceError("expression nested too deeply", file=file, line=1, col=1,
+                         hint="name intermediate nodes instead of writing one huge expression") from None
     return _assemble(items, file, text)
 
 
