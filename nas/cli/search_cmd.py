@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..controllers import CONTROLLERS
 from ..errors import UserError
 from .common import DB_HELP, parse_key_values
 from .main import app
@@ -54,7 +55,7 @@ def _run_with_progress(search, dispatcher=None) -> None:
 @search_app.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 def run(
     space_file: Path = typer.Argument(..., help="The search-space file."),
-    controller: str = typer.Option("random", "--controller", "-c", help="Search controller: random."),
+    controller: str = typer.Option("random", "--controller", "-c", help=f"Search controller: {', '.join(CONTROLLERS)}."),
     trials: int = typer.Option(20, "--trials", "-n", min=1, help="Trials to evaluate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the controller and of every trial."),
     name: str = typer.Option(None, "--name", help="Search name (default: <space>-<controller>-<time>)."),
@@ -76,7 +77,8 @@ def run(
         overrides["device"] = device
     options = SearchOptions(trials=trials, controller=controller, seed=seed,
                             controller_options=parse_key_values(controller_opt, "--controller-opt"),
-                            task=parse_task(task) if task else None, train_overrides=overrides)
+                            task=parse_task(task) if task else None, train_overrides=overrides,
+                            reuse_results=reuse_results)
     store = open_store(db)
     search = Search.create(store, space_file, options, name=name)
     console.print(f"search [bold]{search.record.name}[/bold] on {search.space.name} "
