@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 
 run: setup
 	mkdir -p $(RUN_DIR)
-	$(BIN)/nas search run searchspaces/quickstart.cell --controller random --trials 8 --seed 0 \
+	$(BIN)/nas search run searchspaces/quickstart.cell --controller random --trials 16 --seed 0 \
 		--db $(RUN_DIR)/nas.db --name quickstart-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/nas results top --db $(RUN_DIR)/nas.db --k 5
 
