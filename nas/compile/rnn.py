@@ -13,6 +13,14 @@ from .reference import CellLayer
 State = Union[Tensor, tuple[Tensor, ...]]
 
 
+def _layer(graph: CellGraph, input_size: int, hidden_size: int, backend: str) -> CellLayer:
+    if backend == "reference":
+        return CellLayer(graph, input_size, hidden_size)
+    from .scan_layer import ScanCellLayer
+
+    return ScanCellLayer(graph, input_size, hidden_size, fallback=(backend == "auto"))
+
+
 class CellRNN(nn.Module):
     """Like torch.nn.LSTM/GRU for any cell: `out, state = rnn(x, state)`.
 
@@ -35,7 +43,7 @@ class CellRNN(nn.Module):
         self.batch_first = batch_first
         self.backend = backend
         self.layers = nn.ModuleList(
-            CellLayer(graph, input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers))
+            _layer(graph, input_size if i == 0 else hidden_size, hidden_size, backend) for i in range(num_layers))
         self.drop = nn.Dropout(dropout)
 
     @property
