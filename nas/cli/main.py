@@ -37,6 +37,10 @@ def _root(
     _state["debug"] = debug
 
 
+def debug_enabled() -> bool:
+    return _state["debug"]
+
+
 def report_user_error(exc: UserError) -> None:
     """Print a user error the way every command does."""
     text = str(exc) if isinstance(exc, SpaceError) else f"error: {exc.message}"

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from ..space import SearchSpace, load_space
-from .main import app, report_user_error
+from .main import app, debug_enabled, report_user_error
 
 space_app = typer.Typer(help="Check and inspect search-space files.", no_args_is_help=True)
 app.add_typer(space_app, name="space")
@@ -32,6 +32,8 @@ def validate(files: list[Path] = typer.Argument(..., help="Space files to check.
         try:
             space = load_space(f)
         except UserError as exc:
+            if debug_enabled():
+                raise
             report_user_error(exc)
             failed += 1
             continue

@@ -43,25 +43,47 @@ class _DropNewlinesInParens:
 
     always_accept = ("_NL",)
 
+    def __init__(self) -> None:
+        self.open_parens: list = []  # tokens of the '(' not yet closed (read after a syntax error)
+
     def process(self, stream):
+        self.open_parens = []
         depth = 0
         for tok in stream:
             if tok.type == "LPAR":
                 depth += 1
+                self.open_parens.append(tok)
                 if depth > MAX_NESTING:
                     raise _TooDeep(tok.line, tok.column)
             elif tok.type == "RPAR":
                 depth = max(0, depth - 1)
+                if self.open_parens:
+                    self.open_parens.pop()
             elif tok.type == "_NL" and depth > 0:
                 continue
             yield tok
+
+
+_POSTLEX = _DropNewlinesInParens()
 
 
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
     grammar = resources.files("nas.dsl").joinpath("grammar.lark").read_text()
     return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                postlex=_DropNewlinesInParens(), start=["start", "expr"])
+                postlex=_POSTLEX, start=["start", "expr"])
+
+
+def _unclosed_paren(err: UnexpectedInput, file: str) -> SpaceError | None:
+    """A syntax error on a later line than an unclosed '(' is reported at the '('."""
+    if not _POSTLEX.open_parens or isinstance(err, UnexpectedCharacters):
+        return None
+    tok = _POSTLEX.open_parens[-1]
+    line = getattr(err, "line", None)
+    if line is not None and line != -1 and line <= tok.line:
+        return None
+    return SpaceError("'(' is never closed", file=file, line=tok.line, col=tok.column,
+                      hint=f"the parser noticed at line {line}" if line and line > 0 else "add the missing ')'")
 
 
 class _BadNumber(Exception):
@@ -269,7 +291,7 @@ def parse_text(text: str, file: str = "<space>") -> ast.SpaceFile:
         tree = _lark().parse(text, start="start")
         items = _ToAst().transform(tree).children
     except UnexpectedInput as err:
-        raise _syntax_error(err, file, text) from None
+        raise (_unclosed_paren(err, file) or _syntax_error(err, file, text)) from None
     except VisitError as err:
         orig = err.orig_exc
         if isinstance(orig, _BadNumber):
