@@ -15,15 +15,20 @@ The bottom of the stack: imports neither torch, Ray nor any other part of
         best = store.top("s1", k=5)
 """
 
-from .engine import alembic_config, head_revisions
-from .errors import StorageError
+from .engine import SchemaStatus, alembic_config, head_revisions, mask as mask_url, schema_status
+from .errors import SchemaVersionError, StorageError
 from .models import SEARCH_STATUSES, TERMINAL_TRIAL_STATUSES, TRIAL_STATUSES
 from .records import ArchitectureRecord, CheckpointRecord, SearchRecord, TrialRecord
-from .store import Store
+from .store import Store, upgrade_schema
 
 __all__ = [
     "Store",
     "StorageError",
+    "SchemaVersionError",
+    "SchemaStatus",
+    "schema_status",
+    "upgrade_schema",
+    "mask_url",
     "SearchRecord",
     "TrialRecord",
     "ArchitectureRecord",

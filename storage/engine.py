@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from .errors import StorageError
+from .errors import SchemaVersionError, StorageError
 from .models import Base
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -259,15 +259,69 @@ def schema_state(conn: Connection, target: Target) -> SchemaState:
         except Exception:  # alembic.util.CommandError / ResolutionError
             known = False
         if not known:
-            raise StorageError(
+            raise SchemaVersionError(
                 f"the database {target.display} has schema revision {rev!r}, which is newer "
                 f"than this cellsearch knows (latest: {', '.join(sorted(heads))})",
                 "upgrade cellsearch (pip install -U cellsearch) to read it; "
                 "the database was left unchanged",
+                older=False, revisions=revs, heads=tuple(sorted(heads)),
             )
     if set(revs) == heads:
         return SchemaState("current", revs)
     return SchemaState("old", revs)
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """What :func:`schema_status` found (nothing is written to find it).
+
+    ``state``: ``"missing"`` (no SQLite file), ``"empty"`` (no cellsearch schema
+    yet), ``"old"`` (an older revision: ``nas db upgrade`` migrates it) or
+    ``"current"``.
+    """
+
+    url: str  # password masked
+    state: str
+    revisions: tuple[str, ...]
+    heads: tuple[str, ...]
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.state == "current"
+
+    @property
+    def revision(self) -> str | None:
+        """The database's revision(s) as text, None if it has none."""
+        return ", ".join(self.revisions) or None
+
+    @property
+    def head(self) -> str:
+        return ", ".join(self.heads)
+
+
+def schema_status(url_or_path: str | os.PathLike[str] | None = None) -> SchemaStatus:
+    """Read-only look at a database's schema revision.
+
+    Raises StorageError (:class:`SchemaVersionError` for a newer revision) for
+    a bad URL or path, a file that is not a database, or a foreign database.
+    """
+    target = resolve(url_or_path)
+    heads = head_revisions()
+    if target.sqlite_path is not None:
+        if not target.sqlite_path.exists():
+            return SchemaStatus(target.display, "missing", (), heads)
+        check_sqlite_path(target, create=False)
+    engine = make_engine(target)
+    try:
+        with engine.connect() as conn:
+            state = schema_state(conn, target)
+            conn.rollback()
+    except SQLAlchemyError as e:
+        raise describe_open_error(e, target) from None
+    finally:
+        engine.dispose()
+    kind = {"new": "empty"}.get(state.kind, state.kind)
+    return SchemaStatus(target.display, kind, state.revisions, heads)
 
 
 def prepare(engine: Engine, target: Target, *, create: bool, upgrade: bool) -> None:
@@ -279,14 +333,18 @@ def prepare(engine: Engine, target: Target, *, create: bool, upgrade: bool) -> N
         return
     if state.kind == "new" and not create:
         raise StorageError(
-            f"{target.display} has no cellsearch schema", "open it with create=True to create one"
+            f"{target.display} has no cellsearch schema",
+            "create it with `nas db upgrade` (from Python: open it with create=True), "
+            "or run a search into it",
         )
     if state.kind == "old" and not upgrade:
-        raise StorageError(
+        raise SchemaVersionError(
             f"the database {target.display} has schema revision "
             f"{', '.join(state.revisions) or '(none)'}; this cellsearch needs "
             f"{', '.join(head_revisions())}",
-            "open it with upgrade=True to migrate it (back up the file first)",
+            "migrate it with `nas db upgrade` (from Python: open it with upgrade=True); "
+            "back up the file first",
+            older=True, revisions=state.revisions, heads=head_revisions(),
         )
     if target.is_sqlite:
         enable_wal(engine)

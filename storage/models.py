@@ -138,6 +138,9 @@ class Search(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     config: Mapped[Any] = mapped_column(PortableJSON, nullable=True)
 
+    # `nas results ... --space NAME` (revision 0002)
+    __table_args__ = (Index("ix_search_space_name", "space_name"),)
+
 
 class Architecture(Base):
     __tablename__ = "architecture"
@@ -188,6 +191,10 @@ class Trial(Base):
         Index("ix_trial_objective", "objective"),
         Index("ix_trial_config_hash", "config_hash"),
         Index("ix_trial_architecture_id", "architecture_id"),
+        # revision 0002: `nas results list --status X` over all searches, and the
+        # reuses of a trial (`nas results show`; the SET NULL foreign key on delete)
+        Index("ix_trial_status", "status"),
+        Index("ix_trial_reused_from_trial_id", "reused_from_trial_id"),
     )
 
 

@@ -15,6 +15,7 @@ import functools
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -156,6 +157,23 @@ def _trial_select():  # type: ignore[no-untyped-def]
         .join(Search, Search.id == Trial.search_id)
         .outerjoin(Architecture, Architecture.id == Trial.architecture_id)
     )
+
+
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def _metric_paths(metrics: Any, prefix: str = "") -> list[str]:
+    """Keys of a metrics dict; nested dicts as dotted paths (``val.ppl``)."""
+    if not isinstance(metrics, dict):
+        return []
+    out: list[str] = []
+    for k, v in metrics.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.extend(_metric_paths(v, key + "."))
+        else:
+            out.append(key)
+    return out
 
 
 def _metric_value(metrics: Any, metric: str) -> float | None:
@@ -545,18 +563,122 @@ class Store:
 
     @_db_op
     def trials(
-        self, search: str | int | None = None, status: str | Iterable[str] | None = None
+        self,
+        search: str | int | Iterable[str | int] | None = None,
+        status: str | Iterable[str] | None = None,
+        *,
+        space: str | Iterable[str] | None = None,
+        architecture: int | None = None,
     ) -> list[TrialRecord]:
-        """Trials (of one search, by name or id; of one or several statuses), by search and index."""
+        """Trials, by search and index. Filters (all optional, combined with AND):
+        ``search`` one search or several (names or ids; StorageError for an unknown
+        one), ``status`` one or several, ``space`` the search's space name(s),
+        ``architecture`` an architecture id."""
         statuses = _statuses(status)
         with self._session() as s:
             q = _trial_select()
             if search is not None:
-                q = q.where(Trial.search_id == self._search_id(s, search))
+                items = [search] if isinstance(search, (str, int)) else list(search)
+                q = q.where(Trial.search_id.in_([self._search_id(s, x) for x in items]))
             if statuses is not None:
                 q = q.where(Trial.status.in_(statuses))
+            if space is not None:
+                spaces = [space] if isinstance(space, str) else list(space)
+                q = q.where(Search.space_name.in_(spaces))
+            if architecture is not None:
+                q = q.where(Trial.architecture_id == int(architecture))
             q = q.order_by(Trial.search_id, Trial.trial_index)
             return [_trial_record(*r) for r in s.execute(q).all()]
+
+    @_db_op
+    def trial_at(self, search: str | int, trial_index: int) -> TrialRecord | None:
+        """The trial with this index in the search (StorageError for an unknown search)."""
+        with self._session() as s:
+            sid = self._search_id(s, search)
+            row = s.execute(
+                _trial_select().where(Trial.search_id == sid, Trial.trial_index == int(trial_index))
+            ).first()
+            return None if row is None else _trial_record(*row)
+
+    @_db_op
+    def reuses_of(self, trial_id: int) -> list[TrialRecord]:
+        """Trials that reused the result of this one."""
+        with self._session() as s:
+            rows = s.execute(
+                _trial_select().where(Trial.reused_from_trial_id == trial_id).order_by(Trial.id)
+            ).all()
+            return [_trial_record(*r) for r in rows]
+
+    @_db_op
+    def find_architectures(self, prefix: str, limit: int | None = 20) -> list[ArchitectureRecord]:
+        """Architectures whose canonical hash starts with ``prefix`` (hex digits), by hash."""
+        if not isinstance(prefix, str) or not _HEX_RE.match(prefix):
+            return []
+        with self._session() as s:
+            q = (
+                select(Architecture)
+                .where(Architecture.canonical_hash.startswith(prefix.lower()))
+                .order_by(Architecture.canonical_hash)
+            )
+            if limit is not None:
+                q = q.limit(limit)
+            return [_arch_record(r) for r in s.execute(q).scalars().all()]
+
+    @_db_op
+    def curves(self, trial_ids: Iterable[int]) -> dict[int, list[tuple[int, Any]]]:
+        """Learning curves of several trials: ``{trial_id: [(step, metrics), ...]}``
+        (every id asked for is a key; trials without points map to ``[]``)."""
+        ids = [int(i) for i in trial_ids]
+        out: dict[int, list[tuple[int, Any]]] = {i: [] for i in ids}
+        with self._session() as s:
+            for i in range(0, len(ids), _STEP_CHUNK):
+                chunk = ids[i : i + _STEP_CHUNK]
+                rows = s.execute(
+                    select(TrialStep.trial_id, TrialStep.step, TrialStep.metrics)
+                    .where(TrialStep.trial_id.in_(chunk))
+                    .order_by(TrialStep.trial_id, TrialStep.step)
+                ).all()
+                for tid, step, m in rows:
+                    out[tid].append((step, m))
+        return out
+
+    @_db_op
+    def counts_by_search(self) -> dict[int, dict[str, int]]:
+        """Trials per status of every search: ``{search_id: {status: n}}`` (zeros included)."""
+        with self._session() as s:
+            out: dict[int, dict[str, int]] = {
+                sid: {st: 0 for st in TRIAL_STATUSES} for sid in s.execute(select(Search.id)).scalars()
+            }
+            q = select(Trial.search_id, Trial.status, func.count()).group_by(Trial.search_id, Trial.status)
+            for sid, st, n in s.execute(q).all():
+                out.setdefault(sid, {x: 0 for x in TRIAL_STATUSES})[st] = int(n)
+            return out
+
+    @_db_op
+    def metric_names(
+        self, search: str | int | Iterable[str | int] | None = None, *, space: str | Iterable[str] | None = None
+    ) -> list[str]:
+        """Keys of the trials' metrics (nested dicts as dotted paths), sorted."""
+        with self._session() as s:
+            q = select(Trial.metrics).join(Search, Search.id == Trial.search_id).where(
+                Trial.metrics.is_not(None)
+            )
+            if search is not None:
+                items = [search] if isinstance(search, (str, int)) else list(search)
+                q = q.where(Trial.search_id.in_([self._search_id(s, x) for x in items]))
+            if space is not None:
+                q = q.where(Search.space_name.in_([space] if isinstance(space, str) else list(space)))
+            names: set[str] = set()
+            for m in s.execute(q).scalars():
+                names.update(_metric_paths(m))
+            return sorted(names)
+
+    @_db_op
+    def space_names(self) -> list[str]:
+        """The space names of the searches, sorted."""
+        with self._session() as s:
+            q = select(Search.space_name).where(Search.space_name.is_not(None)).distinct()
+            return sorted(s.execute(q).scalars().all())
 
     @_db_op
     def top(
@@ -687,6 +809,26 @@ class Store:
                 return None
             return CheckpointRecord(id=row.id, search_id=row.search_id, n_told=row.n_told,
                                     state=bytes(row.state), created_at=row.created_at)
+
+
+def upgrade_schema(
+    url_or_path: str | os.PathLike[str] | None = None, *, create: bool = True
+) -> tuple[_eng.SchemaStatus, _eng.SchemaStatus]:
+    """Create or migrate the database's schema to this cellsearch's revision.
+
+    Returns the schema status before and after. StorageError for a bad URL or
+    path, a foreign database or a newer schema (left unchanged); with
+    ``create=False`` also for a missing or empty database.
+    """
+    before = _eng.schema_status(url_or_path)
+    if not create and before.state in ("missing", "empty"):
+        raise StorageError(
+            f"{before.url} has no cellsearch schema" if before.state == "empty"
+            else f"no database at {before.url}",
+            "check the path or URL (NAS_DB / --db)",
+        )
+    Store.open(url_or_path, create=create, upgrade=True).close()
+    return before, _eng.schema_status(url_or_path)
 
 
 def _remove_sqlite_files(path: Path) -> None:
