@@ -7,6 +7,7 @@ event's handler may return False to stop (prune) that trial.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ class Event:
     host: str | None = None
     gpu: str | None = None
     attempt: int = 1
+    pid: int | None = None  # the worker process (started events of out-of-process dispatchers)
+    node: str | None = None  # the Ray node id, where there is one
 
 
 Handler = Callable[[Event], "bool | None"]
@@ -55,6 +58,10 @@ class Dispatcher(ABC):
     def shutdown(self) -> None:
         pass
 
+    def describe(self) -> str:
+        """Where trials run, for the progress display."""
+        return type(self).__name__
+
 
 class LocalDispatcher(Dispatcher):
     """Runs trials one after another in this process (tests, laptops, debugging)."""
@@ -78,7 +85,7 @@ class LocalDispatcher(Dispatcher):
             return
         spec = self.queue[0]
         host, gpu = worker_identity()
-        handle(Event("started", spec.trial_id, host=host, gpu=gpu, attempt=spec.attempt))
+        handle(Event("started", spec.trial_id, host=host, gpu=gpu, attempt=spec.attempt, pid=os.getpid()))
 
         def report(step: int, metrics: dict[str, float]):
             return handle(Event("report", spec.trial_id, step=step, metrics=dict(metrics)))
@@ -86,6 +93,9 @@ class LocalDispatcher(Dispatcher):
         result = execute_trial(spec, report)
         self.queue.popleft()
         handle(Event("finished", spec.trial_id, result=result, host=host, gpu=gpu, attempt=spec.attempt))
+
+    def describe(self) -> str:
+        return "this process, one trial at a time"
 
     def cancel_all(self) -> list[int]:
         ids = [s.trial_id for s in self.queue]
