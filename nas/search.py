@@ -197,7 +197,8 @@ class Search:
         train.update(self.options.train_overrides)
         task = self.options.task or hp.task
         return TrialSpec(trial_id=trial_id, ir=graph.to_json(), model=hp.model.model_dump(), train=train,
-                         task=task.model_dump(), seed=trial_seed(self.options.seed, trial_index), attempt=attempt)
+                         task=task.model_dump(), seed=trial_seed(self.options.seed, trial_index), attempt=attempt,
+                         extra={"assignment": dict(assignment)})  # lookup tables keyed by assignment
 
     def _record_ask(self, assignment: Assignment) -> tuple[int, int, TrialSpec | None]:
         graph = self.space.instantiate(assignment)

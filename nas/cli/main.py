@@ -51,7 +51,7 @@ def report_user_error(exc: UserError) -> None:
 
 def _register() -> None:
     from . import space_cmd  # noqa: F401  (commands register themselves on import)
-    for mod in ("search_cmd", "results_cmd", "db_cmd"):
+    for mod in ("search_cmd", "results_cmd", "db_cmd", "bench_cmd"):
         try:
             __import__(f"{__package__}.{mod}")
         except ModuleNotFoundError as exc:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..controllers import CONTROLLERS
+from ..controllers import CONTROLLERS, controller_help
 from ..errors import UserError
 from .common import DB_HELP, parse_key_values
 from .main import app
@@ -201,6 +201,11 @@ def _dispatch_from_flags(recorded: dict[str, Any], *, dispatcher: str | None, ra
 
 
 def _build(d: dict[str, Any]):
+    if d.get("dispatcher") == "lookup":  # --evaluator lookup: metrics from a table, no training
+        from ..workers.lookup import LookupDispatcher
+
+        return LookupDispatcher(d["table"], metric=d.get("metric"), mode=d.get("mode") or "min",
+                                capacity=d.get("max_concurrent") or 1)
     return make_dispatcher(d["dispatcher"], ray_address=d.get("ray_address"), gpus_per_trial=d.get("gpus_per_trial"),
                            cpus_per_trial=d.get("cpus_per_trial"), memory_per_trial=d.get("memory_per_trial"),
                            max_concurrent=d.get("max_concurrent"), max_retries=d.get("max_retries"))
@@ -212,7 +217,8 @@ def _build(d: dict[str, Any]):
 @search_app.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 def run(
     space_file: Path = typer.Argument(..., help="The search-space file."),
-    controller: str = typer.Option("random", "--controller", "-c", help=f"Search controller: {', '.join(CONTROLLERS)}."),
+    controller: str = typer.Option("random", "--controller", "-c", help=f"Search controller: {', '.join(CONTROLLERS)} "
+                                   "(their settings: `nas search controllers`)."),
     trials: int = typer.Option(20, "--trials", "-n", min=1, help="Trials to evaluate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the controller and of every trial."),
     name: str = typer.Option(None, "--name", help="Search name (default: <space>-<controller>-<time>)."),
@@ -220,7 +226,15 @@ def run(
     steps: int = typer.Option(None, "--steps", min=1, help="Override train.steps of every trial."),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: the space's; "
                                "under Ray, trials with GPUs use theirs)."),
-    controller_opt: list[str] = typer.Option([], "--controller-opt", help="Controller setting key=value (repeat)."),
+    controller_opt: list[str] = typer.Option([], "--controller-opt", help="Controller setting key=value (repeat), "
+                                             "e.g. population=64, objectives=val_loss:min,params:min, "
+                                             "max_params=2000000, dedup=true."),
+    evaluator: str = typer.Option("train", "--evaluator", help="train: train every trial; lookup: read its "
+                                  "metrics from --table (a NAS-benchmark table; nothing is trained)."),
+    table: Path = typer.Option(None, "--table", help="Lookup table (CSV/JSON/Parquet) keyed by arch_hash or "
+                               "assignment, for --evaluator lookup."),
+    lookup_metric: str = typer.Option(None, "--lookup-metric", help="Table column to optimise (default val_loss)."),
+    lookup_mode: str = typer.Option("min", "--lookup-mode", help="min | max, for --lookup-metric."),
     reuse_results: bool = typer.Option(False, "--reuse-results", help="Reuse results of identical earlier trials."),
     dispatcher: str = typer.Option(None, "--dispatcher", help=_DISPATCH_HELP + " Default: $NAS_DISPATCHER or ray."),
     ray_address: str = typer.Option(None, "--ray-address", help="Join this Ray cluster (`ray start --head` prints "
@@ -264,6 +278,19 @@ def run(
     dispatch = _dispatch_from_flags({}, dispatcher=dispatcher, ray_address=ray_address, gpus_per_trial=gpus_per_trial,
                                     cpus_per_trial=cpus_per_trial, memory_per_trial=memory_per_trial,
                                     max_concurrent=max_concurrent, max_retries=max_retries)
+    if evaluator not in ("train", "lookup"):
+        raise UserError(f"--evaluator {evaluator!r}: expected train or lookup")
+    if evaluator == "lookup":
+        if table is None:
+            raise UserError("--evaluator lookup needs --table FILE", "a CSV/JSON/Parquet table with an arch_hash "
+                            "column and metric columns (see docs/controllers.md)")
+        from ..workers.lookup import LookupDispatcher
+
+        dispatch = {"dispatcher": "lookup", "table": str(table.resolve()), "metric": lookup_metric,
+                    "mode": lookup_mode, "max_concurrent": max_concurrent}
+        LookupDispatcher(dispatch["table"], metric=lookup_metric, mode=lookup_mode)  # a bad table: exit 2 now
+    elif table is not None:
+        raise UserError("--table is for --evaluator lookup")
     recorded = {k: v for k, v in dispatch.items() if k != "ray_address"}
     options = SearchOptions(trials=trials, controller=controller, seed=seed,
                             controller_options=parse_key_values(controller_opt, "--controller-opt"),
@@ -289,6 +316,14 @@ def run(
     console.print(f"search [bold]{search.record.name}[/bold] on {search.space.name} "
                   f"({len(search.space.decisions)} decisions), controller {controller}, db {store.url}")
     _run_with_progress(search, disp, budget)
+
+
+@search_app.command("controllers")
+def controllers(name: str = typer.Argument(None, help="One controller (default: all).")) -> None:
+    """The search controllers and their settings (--controller-opt key=value, or the space's search { } block)."""
+    if name is not None and name not in CONTROLLERS:
+        raise UserError(f"unknown controller '{name}'", f"controllers: {', '.join(CONTROLLERS)}")
+    console.print(controller_help(name), markup=False)
 
 
 @search_app.command("resume")
