@@ -21,9 +21,10 @@ setup: $(VENV)/.installed
 
 run: setup
 	mkdir -p $(RUN_DIR)
+	name=quickstart-$$(date +%Y%m%d-%H%M%S) && \
 	$(BIN)/nas search run searchspaces/quickstart.cell --controller random --trials 16 --seed 0 \
-		--db $(RUN_DIR)/nas.db --name quickstart-$$(date +%Y%m%d-%H%M%S)
-	$(BIN)/nas results top --db $(RUN_DIR)/nas.db --k 5
+		--db $(RUN_DIR)/nas.db --name $$name && \
+	$(BIN)/nas results top --db $(RUN_DIR)/nas.db --search $$name --k 5
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

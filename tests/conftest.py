@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # Triton kernels run on the CPU in the interpreter (set before triton is imported).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# generated kernels go to a throwaway cache, not the user's ~/.cache
+os.environ.setdefault("NAS_KERNEL_CACHE", tempfile.mkdtemp(prefix="nas-kernels-"))
 
 import pytest
 

@@ -101,11 +101,12 @@ def test_auto_backend_matches_reference_on_30_random_cells(path: Path) -> None:
             assert out_err < 1e-10 and grad_err < 1e-10
 
 
-def test_triton_backend_refuses_sequential_cells_with_the_reason() -> None:
-    lstm = load_space(SPACES / "lstm.cell").instantiate({})
-    with pytest.raises(NotImplementedError, match="projects a state-dependent value"):
-        build_rnn(lstm, 4, 4, backend="triton")
-    assert choose_backend(lstm, "auto") == "reference"
+def test_triton_backend_refuses_unsupported_cells_with_the_reason() -> None:
+    space = load_space(SPACES / "darts_ptb.cell")
+    darts = space.instantiate(space.normalize({}))
+    with pytest.raises(NotImplementedError, match="chain of linears"):
+        build_rnn(darts, 4, 4, backend="triton")
+    assert choose_backend(darts, "auto") == "reference"
 
 
 def test_auto_falls_back_and_triton_raises_where_triton_cannot_run(monkeypatch) -> None:

@@ -16,6 +16,15 @@ State = Union[Tensor, tuple[Tensor, ...]]
 def _layer(graph: CellGraph, input_size: int, hidden_size: int, backend: str) -> CellLayer:
     if backend == "reference":
         return CellLayer(graph, input_size, hidden_size)
+    from . import choose_backend
+
+    kind = choose_backend(graph, backend)
+    if kind == "reference":
+        return CellLayer(graph, input_size, hidden_size)
+    if kind == "fused":
+        from .fused_layer import FusedCellLayer
+
+        return FusedCellLayer(graph, input_size, hidden_size, fallback=(backend == "auto"))
     from .scan_layer import ScanCellLayer
 
     return ScanCellLayer(graph, input_size, hidden_size, fallback=(backend == "auto"))
