@@ -277,12 +277,12 @@ class _Instantiator:
             return base
         return self.fresh(base)
 
-    def eval(self, e, want: str | None) -> str:
+    def evaluate(self, e, want: str | None) -> str:
         if isinstance(e, ERef):
             return self.env[e.name]
         if isinstance(e, EChoice):
             d = self.space.decisions[e.decision]
-            return self.eval(e.alts[self.a[d.name]], want)
+            return self.evaluate(e.alts[self.a[d.name]], want)
         if isinstance(e, EConst):
             nid = want or self.fresh("k")
             self.nodes.append(Node(nid, "const", (), float(e.value)))
@@ -293,7 +293,7 @@ class _Instantiator:
                 if isinstance(arg, ELoose):
                     ins.extend(self.loose(arg))
                 else:
-                    ins.append(self.eval(arg, None))
+                    ins.append(self.evaluate(arg, None))
             op = e.op
             if op in ("add", "mul") and len(ins) == 1:
                 op = "identity"
@@ -312,7 +312,7 @@ class _Instantiator:
         outputs: dict[str, str] = {}
         for st in self.space.program.statements:
             for target, expr in zip(st.targets, st.exprs):
-                nid = self.eval(expr, None if isinstance(expr, (ERef, EChoice)) and _is_ref(expr, self)
+                nid = self.evaluate(expr, None if isinstance(expr, (ERef, EChoice)) and _is_ref(expr, self)
                                 else self.node_name(target))
                 self.env[target] = nid
                 if target.endswith("'"):
