@@ -15,35 +15,21 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from dbutil import PG_SKIP, PG_URL, throwaway_db_url
 
 from nas.storage import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("NAS_TEST_PG_URL")
-PG_SKIP = "NAS_TEST_PG_URL is not set (export NAS_TEST_PG_URL=$(bash tests/pg_server.sh start))"
 N_TRIALS = 1000
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason=PG_SKIP))])
 def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'nas.db'}"
-        return
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = "nas_conc_" + uuid.uuid4().hex[:12]
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    yield from throwaway_db_url(request.param, tmp_path, "nas_conc_")
 
 
 WRITER = textwrap.dedent("""

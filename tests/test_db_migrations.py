@@ -12,15 +12,14 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import sys
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from dbutil import PG_SKIP, PG_URL, throwaway_db_url
 from alembic import command
 
 import nas.results as results
@@ -28,8 +27,6 @@ from nas.errors import UserError
 from nas.storage import SchemaVersionError, Store, alembic_config, head_revisions, schema_status
 
 
-PG_URL = os.environ.get("NAS_TEST_PG_URL")
-PG_SKIP = "NAS_TEST_PG_URL is not set (export NAS_TEST_PG_URL=$(bash tests/pg_server.sh start))"
 PREVIOUS = "0001_initial"
 NEW_INDEXES = {("trial", "ix_trial_status"), ("trial", "ix_trial_reused_from_trial_id"),
                ("search", "ix_search_space_name")}
@@ -37,19 +34,7 @@ NEW_INDEXES = {("trial", "ix_trial_status"), ("trial", "ix_trial_reused_from_tri
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason=PG_SKIP))])
 def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'nas.db'}"
-        return
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = "nas_mig_" + uuid.uuid4().hex[:12]
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    yield from throwaway_db_url(request.param, tmp_path, "nas_mig_")
 
 
 # Revision 0001's tables as plain SQLAlchemy Core (independent of nas.storage.models).

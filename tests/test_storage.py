@@ -43,9 +43,8 @@ models = importlib.import_module(ns.__name__ + ".models")
 engine_mod = importlib.import_module(ns.__name__ + ".engine")
 
 import sqlalchemy as sa  # noqa: E402
+from dbutil import PG_SKIP, PG_URL, throwaway_db_url  # noqa: E402
 
-PG_URL = os.environ.get("NAS_TEST_PG_URL")
-PG_SKIP = "NAS_TEST_PG_URL is not set (export NAS_TEST_PG_URL=$(tests/pg_server.sh start))"
 
 
 # ------------------------------------------------------------------ fixtures
@@ -59,19 +58,7 @@ def backend(request):
 @pytest.fixture
 def db_url(backend, tmp_path):
     """A URL of an empty database of the back end."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'nas.db'}"
-        return
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = "nas_test_" + uuid.uuid4().hex[:12]
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    yield from throwaway_db_url(backend, tmp_path, "nas_test_")
 
 
 @pytest.fixture
