@@ -99,20 +99,6 @@ class CharLMTask(LMTask):
             self._splits = {"train": train, "val": val}
         return self._splits
 
-    @property
-    def vocab(self) -> tuple[str, ...]:
-        """The characters, index = token id."""
-        self.splits()
-        return self._vocab
-
-    @property
-    def input_vocab(self) -> int:
-        return len(self.vocab)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.vocab)
-
     def loss_metrics(self, prefix: str, loss: float) -> dict[str, float]:
         return {f"{prefix}_loss": loss, f"{prefix}_bpc": loss / math.log(2)}
 

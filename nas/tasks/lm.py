@@ -58,6 +58,20 @@ class LMTask(Task):
         return {f"{prefix}_loss": loss}
 
     # -- Task -------------------------------------------------------------------------
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        """The tokens (characters or words), index = token id; set by `splits()`."""
+        self.splits()
+        return self._vocab
+
+    @property
+    def input_vocab(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocab)
+
     def load(self) -> None:
         self.splits()
 

@@ -88,20 +88,6 @@ class WordLMTask(LMTask):
             self._vocab, self._splits = _load_corpus(str(self.path), stamp)
         return self._splits
 
-    @property
-    def vocab(self) -> tuple[str, ...]:
-        """The words, index = token id."""
-        self.splits()
-        return self._vocab
-
-    @property
-    def input_vocab(self) -> int:
-        return len(self.vocab)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.vocab)
-
     def loss_metrics(self, prefix: str, loss: float) -> dict[str, float]:
         return {f"{prefix}_loss": loss, f"{prefix}_ppl": perplexity(loss)}
 
