@@ -9,6 +9,7 @@
 | `tpe` | Optuna's TPE through ask-and-tell |
 | `cmaes` | Optuna's CMA-ES (with margin) over the ordinal decisions |
 | `nsga2` | Optuna's NSGA-II (several objectives) |
+| `darts` | DARTS: a supernet job (bilevel), then the derived cell as a trial |
 
 Modules are imported on first use, so `nas --help` does not pay for torch or optuna.
 """
@@ -31,6 +32,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "tpe": ("optuna_search", "TPEController"),
     "cmaes": ("optuna_search", "CmaEsController"),
     "nsga2": ("optuna_search", "NSGA2Controller"),
+    "darts": ("darts", "Darts"),
 }
 
 SUMMARY: dict[str, str] = {
@@ -40,6 +42,7 @@ SUMMARY: dict[str, str] = {
     "tpe": "Optuna TPE",
     "cmaes": "Optuna CMA-ES over ordinal decisions",
     "nsga2": "Optuna NSGA-II (multi-objective)",
+    "darts": "DARTS: differentiable supernet search (bilevel, 1st/2nd order; RC-DARTS penalty, GDAS sampler)",
 }
 
 # keys of a space file's `search { }` block that are not controller options

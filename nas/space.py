@@ -207,6 +207,15 @@ class SearchSpace:
         """The cell an assignment describes (dead nodes pruned)."""
         return _Instantiator(self, self.normalize(a)).run()
 
+    def instantiate_traced(self, a: Mapping[str, int]) -> tuple[CellGraph, dict[tuple[str, int], str]]:
+        """The cell, and which node each op expression became: (target, id(EOp)) -> node id.
+
+        A supernet built from the same program uses the keys to copy its weights into the
+        discrete cell (nodes pruned as dead are absent from the graph, not from the map).
+        """
+        inst = _Instantiator(self, self.normalize(a))
+        return inst.run(), inst.trace
+
     def hyperparameters(self, a: Mapping[str, int]) -> Hyperparameters:
         a = self.normalize(a)
         vals: dict[str, dict[str, Any]] = {}
@@ -259,6 +268,10 @@ class _Instantiator:
         self.nodes: list[Node] = []
         self.taken = set(space.program.reserved_names)
         self.counter = 0
+        # (statement target, id of the EOp) -> node id: lets a supernet map its parameters
+        # onto the discrete cell's (see `SearchSpace.instantiate_traced`)
+        self.trace: dict[tuple[str, int], str] = {}
+        self.target = ""
 
     def fresh(self, base: str = "t") -> str:
         while True:
@@ -299,6 +312,7 @@ class _Instantiator:
                 op = "identity"
             nid = want or self.fresh()
             self.nodes.append(Node(nid, op, tuple(ins)))
+            self.trace[(self.target, id(e))] = nid
             return nid
         raise TypeError(f"cannot evaluate {e!r}")
 
@@ -312,6 +326,7 @@ class _Instantiator:
         outputs: dict[str, str] = {}
         for st in self.space.program.statements:
             for target, expr in zip(st.targets, st.exprs):
+                self.target = target
                 nid = self.evaluate(expr, None if isinstance(expr, (ERef, EChoice)) and _is_ref(expr, self)
                                 else self.node_name(target))
                 self.env[target] = nid
