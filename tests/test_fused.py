@@ -34,7 +34,7 @@ def compare(graph, B=3, T=5, I=4, H=8, layers=1) -> tuple[float, float]:
     torch.manual_seed(0)
     ref = build_rnn(graph, I, H, layers, backend="reference").double()
     fast = build_rnn(graph, I, H, layers, backend="triton").double()
-    assert type(fast.layers[0]).__name__ == "FusedCellLayer"
+    assert type(fast.layers[0]).__name__ in ("FusedCellLayer", "ScanCellLayer")
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
     st = ref.initial_state(B)
@@ -125,12 +125,41 @@ def test_every_op_and_its_gradient() -> None:
     assert out_err < 1e-12 and grad_err < 1e-12
 
 
-def test_chains_of_linears_fall_back_with_the_reason() -> None:
-    space = load_space(SPACES / "darts_ptb.cell")
-    graph = space.instantiate(space.normalize({}))
-    assert choose_backend(graph, "auto") == "reference"
-    with pytest.raises(NotImplementedError, match="chain of linears"):
-        build_rnn(graph, 4, 4, backend="triton")
+@pytest.mark.parametrize("space_name", ["darts_ptb", "enas_ptb"])
+def test_chains_of_linears_run_fused_in_passes(space_name: str, monkeypatch) -> None:
+    """DARTS/ENAS cells (a linear of a per-step node) run in several passes per step; with
+    blocks of 4 columns every pass loops over two column blocks."""
+    from nas.genotypes import darts_assignment
+
+    space = load_space(SPACES / f"{space_name}.cell")
+    graph = space.instantiate(darts_assignment(space))
+    spec = codegen.make_spec(make_plan(graph))
+    if space_name == "darts_ptb":  # DARTS V2: nodes at the same depth share a pass
+        assert spec.passes == 5
+    assert choose_backend(graph, "auto") == "fused"
+    monkeypatch.setattr(fused, "MIN_BLOCK", 2)
+    monkeypatch.setattr(fused, "MAX_BLOCK_H", 4)
+    out_err, grad_err = compare(graph, B=3, T=4, I=5, H=7)
+    assert out_err < 1e-12 and grad_err < 1e-12
+
+
+@pytest.mark.parametrize("space_file", sorted(p.name for p in SPACES.glob("*.cell")))
+def test_thirty_random_cells_of_every_shipped_space(space_file: str) -> None:
+    """30 cells of each space (distinct ones; a fixed cell counts once) on backend='triton'
+    (the scan or the fused kernel, whichever the cell gets) against the reference."""
+    space = load_space(SPACES / space_file)
+    rng = random.Random(11)
+    seen: set[str] = set()
+    for _ in range(30):
+        a = space.sample(rng)
+        graph = space.instantiate(a)
+        key = graph.canonical_hash()
+        if key in seen:
+            continue
+        seen.add(key)
+        assert choose_backend(graph, "triton") in ("scan", "fused")
+        out_err, grad_err = compare(graph, B=2, T=3, I=6, H=6)
+        assert out_err < 1e-6 and grad_err < 1e-6, (space_file, graph.to_dsl(), out_err, grad_err)
 
 
 def test_generated_source_is_cached_and_names_no_node(tmp_path, monkeypatch) -> None:

@@ -35,12 +35,11 @@ class FusedCellLayer(CellLayer):
             if group.hoisted and src not in houts:
                 houts[src] = self._group_matmul(src, hoisted[src])
         nodes = plan.graph.nodes
-        states = set(plan.states)
         slots: list[Tensor] = []
         for lin in spec.linears:
             acc = self.linear_bias(lin)
             for k, src in enumerate(nodes[lin].inputs):
-                if src not in states:
+                if plan.groups[src].hoisted:  # the x-only part; states and chain sources run in the kernel
                     _, row = plan.slot[(lin, k)]
                     acc = acc + houts[src][..., row * H:(row + 1) * H]
             slots.append(acc.to(x.dtype).expand(T, B, H))
@@ -59,7 +58,7 @@ class FusedCellLayer(CellLayer):
         H, T = self.hidden_size, x.shape[0]
         xp = self._inputs(x)
         h0 = torch.cat([s.to(x.dtype).expand(x.shape[1], H) for s in states], -1)
-        weights = [self.weights[self._group_param[s]] for s in self.spec.wstates]
+        weights = [self.weights[self._group_param[s]] for s in self.spec.wsrcs]
         S = fused_sequence(self.spec, xp, h0, weights)
         n = len(self.plan.states)
         return S[1:, :, :H], tuple(S[T, :, i * H:(i + 1) * H] for i in range(n))

@@ -38,19 +38,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ..ir import INPUT
+from .fused_spec import ELEMENTWISE_OPS, SUPPORTED_OPS, FusedSpec, analyse, unsupported
 
 if TYPE_CHECKING:  # nas.compile imports this module
     from ..compile.plan import CellPlan
+    from ..ir import CellGraph
 
 # ---- the op tables: forward expression and per-operand gradient of every supported op -----
 # Arguments are generated variable names (v<i>, g<i>), never user text.
@@ -95,7 +94,6 @@ BWD = {
     "silu": lambda o, a, g: [f"{g} * _silu_grad({a[0]})"],
     "softplus": lambda o, a, g: [f"tl.where({a[0]} > 20.0, {g}, {g} * _sigmoid({a[0]}))"],
 }
-SUPPORTED_OPS = frozenset(FWD) | {"max", "linear", "const", "input"}
 
 _HELPERS = '''
 @triton.jit
@@ -138,78 +136,30 @@ def _max_grad(a, b, g):
 '''
 
 
-@dataclass
-class FusedSpec:
-    """How a cell maps onto the fused kernels' arguments (slots of H columns each)."""
+assert set(FWD) | {"max"} == ELEMENTWISE_OPS  # the tables and the analysis agree
+__all__ = ["FusedSpec", "SUPPORTED_OPS", "make_spec", "unsupported", "load", "cache_dir"]
 
-    states: tuple[str, ...]
-    linears: list[str]  # per-step linears: XP slots 0..NL-1 (hoisted part + bias), PRE slots
-    ext: list[str]  # hoisted nodes (or x) read per step: XP slots NL..
-    wstates: list[str]  # states that a per-step linear projects: one weight argument each
-    wrows: dict[str, int]  # rows blocks (parts) of each such state's weight group
-    parts: list[tuple[int, int, int]]  # (linear index, wstate index, row block in its group)
-    canonical_hash: str
-    source: str = ""
-    key: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-def unsupported(plan: CellPlan) -> str | None:
-    """None if the fused kernels support this cell, else why not."""
-    graph = plan.graph
-    live = graph.live_nodes()
-    hoisted = set(plan.hoisted) | {INPUT}
-    states = set(graph.states)
-    for nid in plan.per_step:
-        if nid not in live:
-            continue
-        n = graph.nodes[nid]
-        if n.op not in SUPPORTED_OPS:
-            return f"node '{nid}' uses op '{n.op}', which the fused kernel does not implement"
-        if n.op == "linear":
-            for src in n.inputs:
-                if src not in states and src not in hoisted:
-                    return (f"node '{nid}' projects the per-step node '{src}' with a matrix (a chain of "
-                            "linears, as in DARTS/ENAS), which the fused kernel does not support yet")
-    for nid in live:
-        n = graph.nodes[nid]
-        if n.op == "const" and not math.isfinite(float(n.value)):
-            return f"node '{nid}' is a non-finite constant"
-    return None
+_SYNC = '''
+@triton.jit
+def _sync(bar, epoch, NPC: tl.constexpr):
+    # The programs of one batch tile own disjoint hidden columns; a pass that reads every
+    # column waits here until all NPC of them have finished the previous pass. Only a grid
+    # whose programs are all resident may use NPC > 1 (see nas.kernels.fused.choose_blocks).
+    tl.debug_barrier()
+    if NPC > 1:
+        tl.atomic_add(bar, 1, sem="release", scope="gpu")
+        target = epoch * NPC
+        seen = tl.atomic_add(bar, 0, sem="acquire", scope="gpu")
+        while seen < target:
+            seen = tl.atomic_add(bar, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+'''
 
 
 def make_spec(plan: CellPlan) -> FusedSpec:
-    reason = unsupported(plan)
-    if reason is not None:
-        raise NotImplementedError(reason)
-    graph = plan.graph
-    nodes = graph.nodes
-    live = graph.live_nodes()
-    states = graph.states
-    hoisted = set(plan.hoisted) | {INPUT}
-    per_step = [nid for nid in plan.per_step if nid in live]
-    linears = [nid for nid in per_step if nodes[nid].op == "linear"]
-    # values the elementwise code reads: operands of non-linear per-step nodes, and outputs
-    read: list[str] = []
-    for nid in per_step:
-        if nodes[nid].op != "linear":
-            read.extend(nodes[nid].inputs)
-    read.extend(graph.outputs[s] for s in states)
-    ext: list[str] = []
-    for nid in read:
-        if nid in hoisted and nodes[nid].op != "const" and nid not in ext:
-            ext.append(nid)
-    wstates = [s for s in states if s in plan.groups and any(lin in linears for lin, _ in plan.groups[s].parts)]
-    wrows = {s: len(plan.groups[s].parts) for s in wstates}
-    parts = []
-    for li, lin in enumerate(linears):
-        for k, src in enumerate(nodes[lin].inputs):
-            if src in states:
-                _, row = plan.slot[(lin, k)]
-                parts.append((li, wstates.index(src), row))
-    spec = FusedSpec(states, linears, ext, wstates, wrows, parts, graph.canonical_hash())
-    spec.extra["n_values"] = len(per_step) + len(ext) + len(states)
-    spec.source = _generate(plan, spec)
+    """The spec and generated source of a supported cell (NotImplementedError otherwise)."""
+    spec = analyse(plan)
+    spec.source = _generate(plan.graph, spec)
     spec.key = hashlib.sha256(spec.source.encode()).hexdigest()[:16]
     return spec
 
@@ -224,27 +174,37 @@ class _Emitter:
         self.lines.append("    " * indent + text)
 
 
-def _generate(plan: CellPlan, spec: FusedSpec) -> str:
-    graph = plan.graph
+def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one generator, read top-down
     nodes = graph.nodes
     index = {nid: i for i, nid in enumerate(nodes)}
-    live = graph.live_nodes()
-    var = {nid: f"v{index[nid]}" for nid in nodes}
-    grad = {nid: f"g{index[nid]}" for nid in nodes}
+    var = {nid: f"v{index[nid]}" for nid in nodes}  # values
+    grad = {nid: f"g{index[nid]}" for nid in nodes}  # gradients of the current pass's nodes
+    part = {nid: f"q{index[nid]}" for nid in nodes}  # this event's share of an accumulator
     states = list(spec.states)
-    NS, NL, NX = len(states), len(spec.linears), len(spec.linears) + len(spec.ext)
-    lin_index = {lin: i for i, lin in enumerate(spec.linears)}
-    ext_index = {e: NL + i for i, e in enumerate(spec.ext)}
-    per_step = [nid for nid in plan.per_step if nid in live]
-    elementwise = [nid for nid in per_step if nodes[nid].op != "linear"]
-    # which state / const values the elementwise code reads directly
-    direct_states: list[str] = []
-    consts: list[str] = []
-    for nid in [i for n in elementwise for i in nodes[n].inputs] + [graph.outputs[s] for s in states]:
-        if nid in states and nid not in direct_states:
-            direct_states.append(nid)
-        if nodes[nid].op == "const" and nid not in consts:
-            consts.append(nid)
+    order, stage, P = spec.order, spec.stage, spec.passes
+    per_step = set(order)
+    NS, NL, NV, NG = len(states), len(spec.linears), len(spec.chain), len(spec.gv)
+    NX = NL + len(spec.ext)
+    lin_slot = {lin: i for i, lin in enumerate(spec.linears)}
+    ext_slot = {x: NL + i for i, x in enumerate(spec.ext)}
+    v_slot = {c: i for i, c in enumerate(spec.chain)}
+    gv_slot = {u: i for i, u in enumerate(spec.gv)}
+    consts = [nid for nid in nodes if nodes[nid].op == "const"]
+
+    def stage_of(nid: str) -> int:
+        return stage[nid] if nid in per_step else 0
+
+    def closure(targets) -> set[str]:
+        need: set[str] = set()
+        stack = list(targets)
+        while stack:
+            nid = stack.pop()
+            if nid in need:
+                continue
+            need.add(nid)
+            if nid in per_step and nodes[nid].op != "linear":
+                stack.extend(nodes[nid].inputs)
+        return need
 
     e = _Emitter()
     e(0, f'"""Generated by nas.kernels.codegen for cell {spec.canonical_hash}. Do not edit."""')
@@ -253,170 +213,245 @@ def _generate(plan: CellPlan, spec: FusedSpec) -> str:
     e(0, "")
     e.lines.extend(_HELPERS.strip("\n").split("\n"))
     e(0, "")
+    e.lines.extend(_SYNC.strip("\n").split("\n"))
+    e(0, "")
     e(0, f"NS = {NS}  # states")
     e(0, f"NL = {NL}  # per-step linears")
     e(0, f"NX = {NX}  # XP slots: linears, then hoisted values")
+    e(0, f"NV = {NV}  # chain sources (per-step values a linear projects)")
+    e(0, f"PASSES = {P}")
     e(0, "")
+
+    def col(slot: int, c: str = "cj") -> str:
+        return f"({slot} * H + {c})[None, :]"
 
     def prologue(ind: int) -> None:
         e(ind, "pid = tl.program_id(0)")
-        e(ind, "rb = (pid * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)")
+        e(ind, "pid_b = pid // NPC")
+        e(ind, "pid_c = pid % NPC")
+        e(ind, "rb = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)")
         e(ind, "mb = rb < B")
         e(ind, "cols = tl.arange(0, BLOCK_H)")
         e(ind, "kk = tl.arange(0, BLOCK_K)")
         e(ind, f"XW = {NX} * H")
         e(ind, f"SW = {NS} * H")
         e(ind, f"LW = {max(NL, 1)} * H")
+        e(ind, f"VW = {max(NV, 1)} * H")
+        e(ind, f"GW = {max(NG, 1)} * H")
+        e(ind, "bar = BAR + pid_b")
+
+    def rows(ind: int) -> None:
+        e(ind, "tb = t * B + rb")
+        e(ind, "xrow = (tb * XW)[:, None]")
+        e(ind, "lrow = (tb * LW)[:, None]")
+        e(ind, "vrow = (tb * VW)[:, None]")
+        e(ind, "prow = (tb * SW)[:, None]")
+        e(ind, "nrow = ((tb + B) * SW)[:, None]")
 
     def block_head(ind: int) -> None:
+        e(ind, "j = pid_c + jj * NPC")
         e(ind, "cj = j * BLOCK_H + cols")
         e(ind, "mj = cj < H")
         e(ind, "m2 = mb[:, None] & mj[None, :]")
         e(ind, "zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)")
 
-    def load_sources(ind: int) -> None:
-        for s in direct_states:
-            e(ind, f"{var[s]} = tl.load(S + prow + ({states.index(s)} * H + cj)[None, :], mask=m2, other=0.0).to(ACC)")
-        for x in spec.ext:
-            e(ind, f"{var[x]} = tl.load(XP + xrow + ({ext_index[x]} * H + cj)[None, :], mask=m2, other=0.0).to(ACC)")
-        for c in consts:
-            e(ind, f"{var[c]} = zero + {repr(float(nodes[c].value))}")
+    def k_head(ind: int) -> None:
+        e(ind, "ck = k * BLOCK_K + kk")
+        e(ind, "mk = ck < H")
+        e(ind, "ma = mb[:, None] & mk[None, :]")
+        e(ind, "mw = mk[:, None] & mj[None, :]")
 
-    def elementwise_forward(ind: int) -> None:
-        for nid in elementwise:
+    def values(ind: int, need: set[str], k: int, forward: bool) -> None:
+        """Loads and recomputes, per column block, every value in `need`."""
+        for si, s in enumerate(states):
+            if s in need:
+                e(ind, f"{var[s]} = tl.load(S + prow + {col(si)}, mask=m2, other=0.0).to(ACC)")
+        for x in spec.ext:
+            if x in need:
+                e(ind, f"{var[x]} = tl.load(XP + xrow + {col(ext_slot[x])}, mask=m2, other=0.0).to(ACC)")
+        for c in consts:
+            if c in need:
+                e(ind, f"{var[c]} = zero + {repr(float(nodes[c].value))}")
+        for nid in order:
+            if nid not in need:
+                continue
             n = nodes[nid]
+            if n.op == "linear":
+                if not (forward and stage[nid] == k):  # else: the pass's accumulator
+                    e(ind, f"{var[nid]} = tl.load(PRE + lrow + {col(lin_slot[nid])}, mask=m2, other=0.0).to(ACC)")
+                continue
             args = [var[i] for i in n.inputs]
             if n.op == "max":
                 cur = args[0]
-                for k, a in enumerate(args[1:], start=1):
-                    nxt = var[nid] if k == len(args) - 1 else f"{var[nid]}_m{k}"
+                for m, a in enumerate(args[1:], start=1):
+                    nxt = var[nid] if m == len(args) - 1 else f"{var[nid]}_m{m}"
                     e(ind, f"{nxt} = tl.maximum({cur}, {a})")
                     cur = nxt
             else:
                 e(ind, f"{var[nid]} = {FWD[n.op](args)}")
 
     # ---- forward kernel --------------------------------------------------------------------
-    wt_args = "".join(f"WT{w}, " for w in range(len(spec.wstates)))
+    wt_args = "".join(f"WT{w}, " for w in range(len(spec.wsrcs)))
+    consts_sig = ("B, T, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, "
+                  "JPP: tl.constexpr, NK: tl.constexpr, NPC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr")
     e(0, "@triton.jit")
-    e(0, f"def fwd(XP, S, PRE, {wt_args}B, T, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, "
-         "BLOCK_K: tl.constexpr, NJ: tl.constexpr, NK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):")
+    e(0, f"def fwd(XP, S, PRE, V, BAR, {wt_args}{consts_sig}):")
     prologue(1)
     e(1, "for t in range(T):")
-    e(2, "tb = t * B + rb")
-    e(2, "xrow = (tb * XW)[:, None]")
-    e(2, "lrow = (tb * LW)[:, None]")
-    e(2, "prow = (tb * SW)[:, None]")
-    e(2, "nrow = ((tb + B) * SW)[:, None]")
-    e(2, "for j in range(NJ):")
-    block_head(3)
-    for li, lin in enumerate(spec.linears):
-        e(3, f"{var[lin]} = tl.load(XP + xrow + ({li} * H + cj)[None, :], mask=m2, other=0.0).to(ACC)")
-    if spec.parts:
-        e(3, "for k in range(NK):")
-        e(4, "ck = k * BLOCK_K + kk")
-        e(4, "mk = ck < H")
-        e(4, "mw = mk[:, None] & mj[None, :]")
-        for w, s in enumerate(spec.wstates):
-            e(4, f"a{w} = tl.load(S + prow + ({states.index(s)} * H + ck)[None, :], mask=mb[:, None] & mk[None, :], "
-                 "other=0.0)")
-        for li, w, row in spec.parts:
-            ld = spec.wrows[spec.wstates[w]]
-            lv = var[spec.linears[li]]
-            e(4, f"w_ = tl.load(WT{w} + ck[:, None] * ({ld} * H) + ({row} * H + cj)[None, :], mask=mw, other=0.0)")
-            e(4, f"{lv} = tl.dot(a{w}, w_, acc={lv}, input_precision=PREC, out_dtype=ACC)")
-    for li, lin in enumerate(spec.linears):
-        e(3, f"tl.store(PRE + lrow + ({li} * H + cj)[None, :], {var[lin]}.to(PRE.dtype.element_ty), mask=m2)")
-    load_sources(3)
-    elementwise_forward(3)
-    for si, s in enumerate(states):
-        e(3, f"tl.store(S + nrow + ({si} * H + cj)[None, :], {var[graph.outputs[s]]}.to(S.dtype.element_ty), mask=m2)")
-    e(2, "tl.debug_barrier()  # S[t+1] complete before the next step reads it")
+    rows(2)
+
+    def src_load(w: int, ind: int, name: str) -> None:
+        src = spec.wsrcs[w]
+        if src in states:
+            e(ind, f"{name} = tl.load(S + prow + {col(states.index(src), 'ck')}, mask=ma, other=0.0, "
+                   "cache_modifier='.cg')")
+        else:
+            e(ind, f"{name} = tl.load(V + vrow + {col(v_slot[src], 'ck')}, mask=ma, other=0.0, cache_modifier='.cg')")
+
+    for k in range(P):
+        e(2, f"# pass {k}")
+        e(2, "for jj in range(JPP):")
+        block_head(3)
+        lins = spec.pass_linears(k)
+        for li in lins:
+            e(3, f"{var[spec.linears[li]]} = tl.load(XP + xrow + {col(li)}, mask=m2, other=0.0).to(ACC)")
+        pparts = spec.pass_parts(k)
+        if pparts:
+            e(3, "for k in range(NK):")
+            k_head(4)
+            for w in sorted({w for _, w, _ in pparts}):
+                src_load(w, 4, f"a{w}")
+            for li, w, row in pparts:
+                ld = spec.wrows[spec.wsrcs[w]]
+                lv = var[spec.linears[li]]
+                e(4, f"w_ = tl.load(WT{w} + ck[:, None] * ({ld} * H) + ({row} * H + cj)[None, :], mask=mw, other=0.0)")
+                e(4, f"{lv} = tl.dot(a{w}, w_, acc={lv}, input_precision=PREC, out_dtype=ACC)")
+        for li in lins:
+            e(3, f"tl.store(PRE + lrow + {col(li)}, {var[spec.linears[li]]}.to(PRE.dtype.element_ty), mask=m2)")
+        chain_k = [c for c in spec.chain if stage[c] == k]
+        outs_k = [(si, spec.outputs[s]) for si, s in enumerate(states) if stage_of(spec.outputs[s]) == k]
+        values(3, closure(chain_k + [o for _, o in outs_k]), k, forward=True)
+        for c in chain_k:
+            e(3, f"tl.store(V + vrow + {col(v_slot[c])}, {var[c]}.to(V.dtype.element_ty), mask=m2)")
+        for si, o in outs_k:
+            e(3, f"tl.store(S + nrow + {col(si)}, {var[o]}.to(S.dtype.element_ty), mask=m2)")
+        e(2, f"_sync(bar, t * {P} + {k + 1}, NPC)  # pass {k} complete on every column")
     e(0, "")
 
     # ---- backward kernel -------------------------------------------------------------------
-    w_args = "".join(f"W{w}, " for w in range(len(spec.wstates)))
+    w_args = "".join(f"W{w}, " for w in range(len(spec.wsrcs)))
     e(0, "@triton.jit")
-    e(0, f"def bwd(XP, S, PRE, DS, DXP, GC, GD, {w_args}B, T, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, "
-         "BLOCK_K: tl.constexpr, NJ: tl.constexpr, NK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):")
+    e(0, f"def bwd(XP, S, PRE, V, DS, DXP, GV, GS, BAR, {w_args}{consts_sig}):")
     prologue(1)
-    e(1, "crow = (rb * SW)[:, None]")
+    e(1, "grow = (rb * GW)[:, None]")
     e(1, "for r in range(T):")
     e(2, "t = T - 1 - r")
-    e(2, "tb = t * B + rb")
-    e(2, "xrow = (tb * XW)[:, None]")
-    e(2, "lrow = (tb * LW)[:, None]")
-    e(2, "prow = (tb * SW)[:, None]")
-    e(2, "nrow = ((tb + B) * SW)[:, None]")
-    e(2, "for j in range(NJ):  # phase 1: elementwise backward")
-    block_head(3)
-    for li, lin in enumerate(spec.linears):
-        e(3, f"{var[lin]} = tl.load(PRE + lrow + ({li} * H + cj)[None, :], mask=m2, other=0.0).to(ACC)")
-    load_sources(3)
-    elementwise_forward(3)
-    have: set[str] = set()
+    rows(2)
+    e(2, "gcur = (((t % 2) * B + rb) * SW)[:, None]  # d loss / d S[t], built during this step")
+    e(2, "gnxt = ((((t + 1) % 2) * B + rb) * SW)[:, None]  # d loss / d S[t+1] through later steps")
+    barriers = [k for k in reversed(range(P)) if spec.pass_parts(k)]
+    nbar = max(len(barriers), 1)
+    silent_states = [s for s in states if ("state", s) not in spec.events]
 
-    def acc_grad(nid: str, expr: str) -> None:
-        if nodes[nid].op == "const":
-            return
-        if nid in have:
-            e(3, f"{grad[nid]} = {grad[nid]} + {expr}")
+    def acc_ptr(kind: str, name: str, c: str = "cj") -> str:
+        if kind == "gv":
+            return f"GV + grow + {col(gv_slot[name], c)}"
+        if kind == "state":
+            return f"GS + gcur + {col(states.index(name), c)}"
+        return f"DXP + xrow + {col(ext_slot[name], c)}"
+
+    def write_acc(ind: int, kind: str, name: str, value: str, ev) -> None:
+        ptr = acc_ptr(kind, name)
+        first = spec.events[(kind, name)][0] == ev
+        cast = ".to(DXP.dtype.element_ty)" if kind == "ext" else ""
+        if first:
+            e(ind, f"tl.store({ptr}, ({value}){cast}, mask=m2)")
         else:
-            e(3, f"{grad[nid]} = {expr}")
-            have.add(nid)
+            e(ind, f"tl.store({ptr}, (tl.load({ptr}, mask=m2, other=0.0).to(ACC) + {value}){cast}, mask=m2)")
 
-    for si, s in enumerate(states):
-        e(3, f"gs{si} = tl.load(DS + nrow + ({si} * H + cj)[None, :], mask=m2, other=0.0).to(ACC) + "
-             f"tl.load(GC + crow + ({si} * H + cj)[None, :], mask=m2, other=0.0)")
-        acc_grad(graph.outputs[s], f"gs{si}")
-    for nid in reversed(elementwise):
-        if nid not in have:
-            continue  # nothing downstream of it reaches a state
-        n = nodes[nid]
-        args = [var[i] for i in n.inputs]
-        if n.op == "max":
-            # walk the chain of binary maxima backwards
-            chain = [args[0]] + [f"{var[nid]}_m{k}" for k in range(1, len(args) - 1)] + [var[nid]]
-            g = grad[nid]
-            e(3, f"gm_ = {g}")
-            for k in range(len(args) - 1, 0, -1):
-                left, right = chain[k - 1], args[k]
-                acc_grad(n.inputs[k], f"_max_grad({right}, {left}, gm_)")
-                if k > 1:
-                    e(3, f"gm_ = _max_grad({left}, {right}, gm_)")
-                else:
-                    acc_grad(n.inputs[0], f"_max_grad({left}, {right}, gm_)")
+    for k in reversed(range(P)):
+        ev_a = ("A", k)
+        e(2, f"# pass {k}, phase A: the elementwise graph backwards")
+        e(2, "for jj in range(JPP):")
+        block_head(3)
+        elem_k = [n for n in order if stage[n] == k and nodes[n].op != "linear"]
+        values(3, closure(elem_k), k, forward=False)
+        have: set[str] = set()
+        shares: set[str] = set()
+
+        def route(src: str, expr: str) -> None:
+            if nodes[src].op == "const":
+                return
+            if src in per_step and stage[src] == k:
+                name, pool = grad[src], have
+            else:
+                name, pool = part[src], shares
+            if src in pool:
+                e(3, f"{name} = {name} + {expr}")
+            else:
+                e(3, f"{name} = {expr}")
+                pool.add(src)
+
+        for u in order:
+            if stage[u] == k and ("gv", u) in spec.events:
+                e(3, f"{grad[u]} = tl.load(GV + grow + {col(gv_slot[u])}, mask=m2, other=0.0)")
+                have.add(u)
+        for si, s in enumerate(states):
+            o = spec.outputs[s]
+            if stage_of(o) != k:
+                continue
+            seed = (f"(tl.load(DS + nrow + {col(si)}, mask=m2, other=0.0).to(ACC) + "
+                    f"tl.load(GS + gnxt + {col(si)}, mask=m2, other=0.0))")
+            route(o, seed)
+        for nid in reversed(elem_k):
+            if nid not in have:
+                continue  # nothing downstream of it reaches a state
+            n = nodes[nid]
+            args = [var[i] for i in n.inputs]
+            if n.op == "max":  # walk the chain of binary maxima backwards
+                chain = [args[0]] + [f"{var[nid]}_m{m}" for m in range(1, len(args) - 1)] + [var[nid]]
+                e(3, f"gm_ = {grad[nid]}")
+                for m in range(len(args) - 1, 0, -1):
+                    left, right = chain[m - 1], args[m]
+                    route(n.inputs[m], f"_max_grad({right}, {left}, gm_)")
+                    if m > 1:
+                        e(3, f"gm_ = _max_grad({left}, {right}, gm_)")
+                    else:
+                        route(n.inputs[0], f"_max_grad({left}, {right}, gm_)")
+                continue
+            for src, expr in zip(n.inputs, BWD[n.op](var[nid], args, grad[nid])):
+                route(src, expr)
+        for li in spec.pass_linears(k):
+            lin = spec.linears[li]
+            g = grad[lin] if lin in have else "zero"
+            e(3, f"tl.store(DXP + xrow + {col(li)}, {g}.to(DXP.dtype.element_ty), mask=m2)")
+        for (kind, name), evs in spec.events.items():
+            if ev_a in evs:
+                write_acc(3, kind, name, part[name] if name in shares else "zero", ev_a)
+        if k == 0:
+            for s in silent_states:  # read by nothing: no gradient through this state
+                e(3, f"tl.store(GS + gcur + {col(states.index(s))}, zero, mask=m2)")
+        pparts = spec.pass_parts(k)
+        if not pparts:
+            e(2, "tl.debug_barrier()")
             continue
-        for src, expr in zip(n.inputs, BWD[n.op](var[nid], args, grad[nid])):
-            acc_grad(src, expr)
-    for li, lin in enumerate(spec.linears):
-        g = grad[lin] if lin in have else "zero"
-        e(3, f"tl.store(DXP + xrow + ({li} * H + cj)[None, :], {g}.to(DXP.dtype.element_ty), mask=m2)")
-    for x in spec.ext:
-        g = grad[x] if x in have else "zero"
-        e(3, f"tl.store(DXP + xrow + ({ext_index[x]} * H + cj)[None, :], {g}.to(DXP.dtype.element_ty), mask=m2)")
-    for si, s in enumerate(states):
-        g = grad[s] if s in have else "zero"
-        e(3, f"tl.store(GD + crow + ({si} * H + cj)[None, :], {g}, mask=m2)")
-    e(2, "tl.debug_barrier()  # DXP[t] and GD complete before phase 2 reads them")
-    e(2, "for j in range(NJ):  # phase 2: dstate_{t-1} = GD + dpre @ W")
-    block_head(3)
-    for si in range(NS):
-        e(3, f"c{si} = tl.load(GD + crow + ({si} * H + cj)[None, :], mask=m2, other=0.0)")
-    if spec.parts:
-        e(3, "for k in range(NK):")
-        e(4, "ck = k * BLOCK_K + kk")
-        e(4, "mk = ck < H")
-        e(4, "mw = mk[:, None] & mj[None, :]")
-        used = sorted({li for li, _, _ in spec.parts})
-        for li in used:
-            e(4, f"d{li} = tl.load(DXP + xrow + ({li} * H + ck)[None, :], mask=mb[:, None] & mk[None, :], other=0.0)")
-        for li, w, row in spec.parts:
-            si = states.index(spec.wstates[w])
-            e(4, f"w_ = tl.load(W{w} + ({row} * H + ck)[:, None] * H + cj[None, :], mask=mw, other=0.0)")
-            e(4, f"c{si} = tl.dot(d{li}, w_, acc=c{si}, input_precision=PREC, out_dtype=ACC)")
-    for si in range(NS):
-        e(3, f"tl.store(GC + crow + ({si} * H + cj)[None, :], c{si}, mask=m2)")
-    e(2, "tl.debug_barrier()  # GC complete before step t-1 reads it")
+        e(2, f"_sync(bar, r * {nbar} + {barriers.index(k) + 1}, NPC)  # every column's dpre before phase B")
+        e(2, f"# pass {k}, phase B: dpre @ W to the sources of its linears")
+        e(2, "for jj in range(JPP):")
+        block_head(3)
+        for w in sorted({w for _, w, _ in pparts}):
+            src = spec.wsrcs[w]
+            mine = [(li, row) for li, ww, row in pparts if ww == w]
+            e(3, f"c{w} = zero")
+            e(3, "for k in range(NK):")
+            k_head(4)
+            for li in sorted({li for li, _ in mine}):
+                e(4, f"d{li} = tl.load(DXP + xrow + {col(li, 'ck')}, mask=ma, other=0.0, cache_modifier='.cg')")
+            for li, row in mine:
+                e(4, f"w_ = tl.load(W{w} + ({row} * H + ck)[:, None] * H + cj[None, :], mask=mw, other=0.0)")
+                e(4, f"c{w} = tl.dot(d{li}, w_, acc=c{w}, input_precision=PREC, out_dtype=ACC)")
+            write_acc(3, "state" if src in states else "gv", src, f"c{w}", ("B", k))
+        e(2, "tl.debug_barrier()")
     return "\n".join(e.lines) + "\n"
 
 

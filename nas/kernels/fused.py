@@ -21,6 +21,8 @@ values (register pressure); larger H is looped in BLOCK_H blocks inside the prog
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .codegen import FusedSpec, load
@@ -33,16 +35,59 @@ if HAVE_TRITON:
 fused_available = scan_available  # same rule: CUDA, or the CPU under TRITON_INTERPRET=1
 
 MIN_BLOCK = 16  # tl.dot's smallest tile edge on the GPU (tests lower it in the interpreter)
-MAX_BLOCK_H = 64
+MAX_BLOCK_H = 64  # the interpreter's single-program blocks
+ACC_BUDGET = 8192  # fp32 accumulator elements per program in one pass (register pressure)
 
 
-def choose_blocks(spec: FusedSpec, B: int, H: int) -> dict:
-    n_values = spec.extra.get("n_values", 0)
-    block_h = max(MIN_BLOCK, min(triton.next_power_of_2(H), MAX_BLOCK_H if n_values <= 48 else MAX_BLOCK_H // 2))
-    block_k = block_h
-    block_b = MIN_BLOCK
-    return dict(BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, NJ=triton.cdiv(H, block_h),
-                NK=triton.cdiv(H, block_k))
+def _tuning_override() -> tuple[int, int, int, int] | None:
+    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS" pins the blocks (benchmarks, tuning)."""
+    text = os.environ.get("NAS_FUSED_BLOCKS", "").strip()
+    if not text:
+        return None
+    try:
+        bb, bh, bk, warps = (int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected four integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS") from exc
+    return bb, bh, bk, warps
+
+
+def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None = None) -> dict:
+    """Tile sizes and the split of hidden columns across programs (the rule, in one place).
+
+    Interpreter (CPU tests): one program per 16-row batch tile loops over every column block
+    (NPC = 1, so the grid barrier is a no-op). GPU: the programs of a batch tile split the
+    column blocks (NPC of them, synchronised per pass by `_sync`), so a step's matmuls spread
+    over the chip; the candidates keep each pass's accumulators within ACC_BUDGET and the
+    grid within one program per multiprocessor (all resident, which the barrier needs);
+    the most programs win, then the taller batch tile (fewer weight re-reads from L2), then
+    the wider column block. Batches with more tiles than multiprocessors run NPC = 1.
+    """
+    cdiv = triton.cdiv
+    if device is None or device.type != "cuda" or interpreting():
+        n_values = spec.extra.get("n_values", 0)
+        bh = max(MIN_BLOCK, min(triton.next_power_of_2(H), MAX_BLOCK_H if n_values <= 48 else MAX_BLOCK_H // 2))
+        return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=bh, BLOCK_K=bh, JPP=cdiv(H, bh), NK=cdiv(H, bh), NPC=1,
+                    NB=cdiv(B, MIN_BLOCK), num_warps=4)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    pinned = _tuning_override()
+    nl = max(1, spec.max_linears_per_pass())
+    if pinned is not None:
+        choices = [pinned]
+    else:
+        bmax = max(MIN_BLOCK, min(64, triton.next_power_of_2(B)))
+        choices = [(bb, bh, 32, 4 if bb * bh <= 1024 else 8) for bh in (32, 16) for bb in (64, 32, 16)
+                   if bb <= bmax and (bb * bh * nl <= ACC_BUDGET or bb * bh == MIN_BLOCK * MIN_BLOCK)]
+    best, best_key = None, None
+    for bb, bh, bk, warps in choices:
+        nb, nj = cdiv(B, bb), cdiv(H, bh)
+        npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
+        key = (min(nb * npc, sms), bb, bh)
+        if best_key is None or key > best_key:
+            best_key = key
+            best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, bk), NPC=npc, NB=nb,
+                        num_warps=warps)
+    assert best is not None
+    return best
 
 
 def _acc(dtype: torch.dtype):
@@ -55,29 +100,36 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _launch_args(blocks: dict) -> tuple[tuple[int], dict]:
+    meta = {k: v for k, v in blocks.items() if k != "NB"}
+    return (blocks["NB"] * blocks["NPC"],), meta
+
+
 class _FusedSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: FusedSpec, xp: torch.Tensor, h0: torch.Tensor, *weights: torch.Tensor):
         mod = load(spec)
         T, B, _ = xp.shape
-        NS, NL = len(spec.states), len(spec.linears)
+        NS, NL, NV = len(spec.states), len(spec.linears), len(spec.chain)
         H = h0.shape[1] // NS
         xp, h0 = xp.contiguous(), h0.contiguous()
         S = torch.empty(T + 1, B, NS * H, dtype=xp.dtype, device=xp.device)
         S[0] = h0
         pre = torch.empty(T, B, max(NL, 1) * H, dtype=xp.dtype, device=xp.device)
+        V = torch.empty(T, B, max(NV, 1) * H, dtype=xp.dtype, device=xp.device)
         wts = [w.t().contiguous() for w in weights]
-        blocks = choose_blocks(spec, B, H)
-        grid = (triton.cdiv(B, blocks["BLOCK_B"]),)
-        mod.fwd[grid](xp, S, pre, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype), **blocks)
+        blocks = choose_blocks(spec, B, H, xp.device)
+        bar = torch.zeros(blocks["NB"], dtype=torch.int32, device=xp.device)
+        grid, meta = _launch_args(blocks)
+        mod.fwd[grid](xp, S, pre, V, bar, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype), **meta)
         ctx.spec = spec
-        ctx.save_for_backward(xp, S, pre, *weights)
+        ctx.save_for_backward(xp, S, pre, V, *weights)
         return S
 
     @staticmethod
     def backward(ctx, dS: torch.Tensor):
         spec: FusedSpec = ctx.spec
-        xp, S, pre, *weights = ctx.saved_tensors
+        xp, S, pre, V, *weights = ctx.saved_tensors
         mod = load(spec)
         T, B, XW = xp.shape
         NS = len(spec.states)
@@ -85,39 +137,44 @@ class _FusedSequence(torch.autograd.Function):
         acc_dtype = torch.float64 if xp.dtype == torch.float64 else torch.float32
         dS = dS.contiguous()
         dxp = torch.empty_like(xp)
-        gc = torch.zeros(B, NS * H, dtype=acc_dtype, device=xp.device)
-        gd = torch.empty(B, NS * H, dtype=acc_dtype, device=xp.device)
+        gv = torch.empty(B, max(len(spec.gv), 1) * H, dtype=acc_dtype, device=xp.device)
+        gs = torch.zeros(2, B, NS * H, dtype=acc_dtype, device=xp.device)  # gs[T % 2]: nothing after T
         ws = [w.contiguous() for w in weights]
-        blocks = choose_blocks(spec, B, H)
-        grid = (triton.cdiv(B, blocks["BLOCK_B"]),)
-        mod.bwd[grid](xp, S, pre, dS, dxp, gc, gd, *ws, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype),
-                      **blocks)
-        dh0 = (dS[0].to(acc_dtype) + gc).to(xp.dtype)
-        # weight gradients: one GEMM per weight group over all T*B rows
-        dws = []
-        for w, s in enumerate(spec.wstates):
-            si = spec.states.index(s)
-            prev = S[:-1, :, si * H:(si + 1) * H].reshape(T * B, H)
-            rows = [None] * spec.wrows[s]
-            for li, wi, row in spec.parts:
-                if wi == w:
-                    rows[row] = li
-            cols = []
-            for li in rows:
-                if li is None:  # a dead linear's rows: no gradient
-                    cols.append(torch.arange(0, 0, device=xp.device))
-                else:
-                    cols.append(torch.arange(li * H, (li + 1) * H, device=xp.device))
-            dpre = dxp.reshape(T * B, XW)
-            if all(li is not None for li in rows):
-                g = dpre.index_select(1, torch.cat(cols)).t() @ prev
-            else:
-                g = torch.zeros(spec.wrows[s] * H, H, dtype=xp.dtype, device=xp.device)
-                for row, li in enumerate(rows):
-                    if li is not None:
-                        g[row * H:(row + 1) * H] = dpre[:, li * H:(li + 1) * H].t() @ prev
-            dws.append(g)
-        return (None, dxp, dh0, *dws)
+        blocks = choose_blocks(spec, B, H, xp.device)
+        bar = torch.zeros(blocks["NB"], dtype=torch.int32, device=xp.device)
+        grid, meta = _launch_args(blocks)
+        mod.bwd[grid](xp, S, pre, V, dS, dxp, gv, gs, bar, *ws, B, T, H, ACC=_acc(xp.dtype),
+                      PREC=_prec(xp.dtype), **meta)
+        dh0 = (dS[0].to(acc_dtype) + gs[0]).to(xp.dtype)
+        return (None, dxp, dh0, *_weight_grads(spec, dxp, S, V, H))
+
+
+def _weight_grads(spec: FusedSpec, dxp: torch.Tensor, S: torch.Tensor, V: torch.Tensor, H: int) -> list[torch.Tensor]:
+    """One GEMM per weight group over all T*B rows: dW = dpre^T @ source values."""
+    T, B, XW = dxp.shape
+    dpre = dxp.reshape(T * B, XW)
+    dws = []
+    for w, src in enumerate(spec.wsrcs):
+        if src in spec.states:
+            si = spec.states.index(src)
+            values = S[:-1, :, si * H:(si + 1) * H].reshape(T * B, H)
+        else:
+            vi = spec.chain.index(src)
+            values = V[:, :, vi * H:(vi + 1) * H].reshape(T * B, H)
+        rows: list[int | None] = [None] * spec.wrows[src]
+        for li, wi, row in spec.parts:
+            if wi == w:
+                rows[row] = li
+        if all(li is not None for li in rows):
+            cols = torch.cat([torch.arange(li * H, (li + 1) * H, device=dxp.device) for li in rows])
+            g = dpre.index_select(1, cols).t() @ values
+        else:  # a dead linear's rows: no gradient
+            g = torch.zeros(spec.wrows[src] * H, H, dtype=dxp.dtype, device=dxp.device)
+            for row, li in enumerate(rows):
+                if li is not None:
+                    g[row * H:(row + 1) * H] = dpre[:, li * H:(li + 1) * H].t() @ values
+        dws.append(g)
+    return dws
 
 
 def fused_sequence(spec: FusedSpec, xp: torch.Tensor, h0: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
