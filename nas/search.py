@@ -57,6 +57,11 @@ class Progress:
     done_at_start: int = 0  # trials already finished when this run began (resume)
     stopped: str | None = None  # why the run ended before all trials finished (e.g. "time budget")
     where: str = ""  # where trials run (dispatcher description)
+    phase: str | None = None  # "supernet" while a darts supernet job runs (before the trials)
+    phase_step: int = 0
+    phase_total: int | None = None
+    phase_stats: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)  # files a phase wrote (derived cell, plots)
 
     @property
     def elapsed(self) -> float:
@@ -266,7 +271,14 @@ class Search:
             self.pruner = make_scheduler(self.space, self.options)
             p.mode = self._task_mode()
             self.store.set_search_status(self.record.id, "running")
-            trials = self.store.trials(self.record.id)
+            deadline = None if time_budget is None else p.started + float(time_budget)
+            if getattr(self.controller, "needs_supernet", False) and not self.controller.supernet_done:
+                from .supernet_phase import run_supernet_phase  # darts: the supernet job comes first
+
+                if not run_supernet_phase(self, dispatcher, update, deadline):
+                    p.stopped = "time budget"
+            # the trials the controller asked (a darts search's supernet job is no such trial)
+            trials = [t for t in self.store.trials(self.record.id) if t.assignment is not None]
             self._count_existing(trials)
             self._catch_up(trials)
             self.n_recorded = len(trials)
@@ -282,9 +294,8 @@ class Search:
             def handle(ev: Event):
                 return self._on_event(ev, update, on_trial)
 
-            deadline = None if time_budget is None else p.started + float(time_budget)
             tick = None if isinstance(dispatcher, LocalDispatcher) else 1.0  # Ray: refresh the display
-            while p.done < self.options.trials:
+            while p.done < self.options.trials and not p.stopped:
                 if deadline is not None and time.time() >= deadline:
                     p.stopped = "time budget"
                     break

@@ -57,6 +57,10 @@ def test_one_hot_alpha_reproduces_the_discrete_cell(name):
         out, st = net(x)
         ref, ref_st = cell(x)
         assert torch.allclose(out, ref, rtol=0, atol=1e-12), (out - ref).abs().max()
+        net.stack_mixtures = True  # the GPU path: one stacked weighted sum per choice
+        out1, _ = net(x)
+        net.stack_mixtures = None
+        assert torch.allclose(out1, ref, rtol=0, atol=1e-12)
         arch.fixed = a  # derived-cell mode: only the chosen alternatives run
         out2, _ = net(x)
         arch.fixed = None
@@ -194,7 +198,7 @@ model { embed = 2; hidden = 3 }
     assert full == 2 * 3 + 3 * 3 + 3
     w = {d: torch.tensor([0.25, 0.75], requires_grad=True)}
     c = expected_cost(space, w, "params", 2, 3)
-    assert abs(float(c) - 0.25 * full) < 1e-9
+    assert abs(float(c.detach()) - 0.25 * full) < 1e-9
     c.backward()
     assert w[d].grad[0] > 0 and w[d].grad[1] == 0
 
@@ -212,3 +216,104 @@ def test_gumbel_sampler_is_hard_one_hot_with_straight_through_gradients():
     out.pow(2).sum().backward()
     g = arch.alpha[arch.index.index(space.decisions.index(space.decision("n1.act")))].grad
     assert g is not None and (g != 0).sum() > 1  # every logit gets a gradient, not just the sampled one
+
+
+# ---- the search: driver, database, resume, command line ------------------------------------------
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from nas.search import Search, SearchInterrupted, SearchOptions  # noqa: E402
+from nas.storage import Store  # noqa: E402
+from nas.workers import LocalDispatcher  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK_OPTS = {"steps": 12, "log_every": 2, "checkpoint_every": 4, "w_optimizer": "space", "order": 2}
+
+
+def _options(**extra):
+    return SearchOptions(trials=1, controller="darts", controller_options={**QUICK_OPTS, **extra}, seed=1,
+                         train_overrides={"steps": 5})
+
+
+class _StopAfterCheckpoint:
+    def __init__(self, search, at_step: int):
+        self.search, self.at = search, at_step
+
+    def __call__(self, p):
+        job = self.search.controller.job
+        if job is not None and job["step"] >= self.at:
+            raise KeyboardInterrupt
+
+
+def test_search_records_supernet_history_and_derived_trial(tmp_path):
+    store = Store.open(tmp_path / "nas.db")
+    s = Search.create(store, SPACES / "quickstart.cell", _options(), name="d")
+    p = s.run(LocalDispatcher())
+    trials = sorted(store.trials("d"), key=lambda t: t.trial_index)
+    assert [t.status for t in trials] == ["completed", "completed"]
+    sup, derived = trials
+    assert sup.assignment is None and sup.objective is None and sup.hyperparameters["darts"] == "supernet"
+    assert {"supernet_val_loss", "search_time_s"} <= set(sup.metrics)
+    curve = store.curve(sup.id)
+    assert [st for st, _ in curve] == [2, 4, 6, 8, 10, 12]
+    assert any(k.startswith("alpha/h'.op/") for k in curve[-1][1])
+    assert derived.assignment == s.controller.derived and derived.objective is not None
+    assert derived.architecture_hash
+    assert store.top("d", k=1)[0].id == derived.id
+    files = p.artifacts
+    cell = Path(files["derived cell"]).read_text()
+    assert "space quickstart_darts" in cell and "parity(length=16)" in cell
+    assert SearchSpace.from_text(cell).size == 1
+    assert SearchSpace.from_text(cell).instantiate({}).canonical_hash() == derived.architecture_hash
+    hist = json.loads(Path(files["alpha history"]).read_text())
+    assert len(hist["history"]) == 6 and hist["derived"] == derived.assignment
+
+
+def test_interrupted_supernet_job_resumes_from_its_checkpoint(tmp_path):
+    store = Store.open(tmp_path / "nas.db")
+    ref = Search.create(store, SPACES / "quickstart.cell", _options(), name="ref")
+    ref.run(LocalDispatcher())
+    s = Search.create(store, SPACES / "quickstart.cell", _options(), name="cut")
+    with pytest.raises(SearchInterrupted):
+        s.run(LocalDispatcher(), on_update=_StopAfterCheckpoint(s, 8))
+    sup = store.trials("cut")[0]
+    assert sup.status == "pending" and len(store.trials("cut")) == 1
+    again = Search.open(store, "cut")
+    assert again.controller.job["step"] == 8
+    again.run(LocalDispatcher())
+    got, want = again.controller.probs, ref.controller.probs
+    assert got.keys() == want.keys()
+    for k in got:  # the resumed job continues exactly where the interrupted one stopped
+        assert got[k] == pytest.approx(want[k], abs=1e-6)
+    sup = store.trials("cut")[0]
+    assert sup.status == "completed" and [st for st, _ in store.curve(sup.id)] == [2, 4, 6, 8, 10, 12]
+    assert [t.status for t in store.trials("cut")] == ["completed", "completed"]
+
+
+def _nas(*args):
+    return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--order", "3"], "--order 3"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--controller-opt", "ordr=2"], "has no option(s) ordr"),
+])
+def test_bad_darts_flags_are_user_errors(tmp_path, args, message):
+    r = _nas("search", "run", str(SPACES / "quickstart.cell"), "--controller", "darts", "--dispatcher", "local",
+             "--db", str(tmp_path / "x.db"), *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_darts_search_and_controllers_listing(tmp_path):
+    r = _nas("search", "run", str(SPACES / "quickstart.cell"), "-c", "darts", "--epochs", "0.001", "--steps", "4",
+             "--controller-opt", "log_every=1", "--dispatcher", "local", "--name", "cli", "--db",
+             str(tmp_path / "nas.db"))
+    assert r.returncode == 0, r.stderr
+    assert "derived cell:" in r.stdout and (tmp_path / "runs" / "cli" / "derived.cell").exists()
+    r = _nas("search", "controllers", "darts")
+    assert r.returncode == 0 and "order=1" in r.stdout and "resource_weight" in r.stdout
+    r = _nas("search", "run", str(SPACES / "lstm.cell"), "-c", "darts", "--dispatcher", "local", "--db",
+             str(tmp_path / "nas.db"))
+    assert r.returncode == 2 and "nothing to mix" in r.stderr and "Traceback" not in r.stderr

@@ -178,6 +178,10 @@ class SupernetLayer(nn.Module):
             w = ctx.w[e.decision]
             if ctx.fixed is not None:  # derived-cell mode: only the chosen alternative runs
                 v = self._ev(e.alts[ctx.fixed[e.decision]], env, memo, target, ctx)
+            elif ctx.stacked:  # one stacked weighted sum: few kernel launches (GPU); exact for one-hot w
+                vals = torch.broadcast_tensors(*(self._ev(alt, env, memo, target, ctx) for alt in e.alts))
+                stacked = torch.stack(vals, 0)
+                v = (w.view(-1, *([1] * (stacked.dim() - 1))).to(stacked.dtype) * stacked).sum(0)
             else:
                 v = None
                 for j, alt in enumerate(e.alts):
@@ -270,6 +274,7 @@ class _Ctx:
     def __init__(self, w, loose, fixed, dtype, device):
         self.w, self.loose, self.fixed = w, loose, fixed
         self.dtype, self.device = dtype, device
+        self.stacked = device.type == "cuda"
         self.t: int | None = None
         self.hproj: dict = {}
 
@@ -339,6 +344,7 @@ class SupernetRNN(nn.Module):
         self.layers = nn.ModuleList(SupernetLayer(space, input_size if i == 0 else hidden_size, hidden_size)
                                     for i in range(num_layers))
         self.drop = nn.Dropout(dropout)
+        self.stack_mixtures: bool | None = None  # None: stacked on CUDA (fewer launches), a sum on CPU
 
     @property
     def arch(self) -> ArchParams:
@@ -362,6 +368,8 @@ class SupernetRNN(nn.Module):
         if arch.fixed is not None:
             fixed = {i: arch.fixed[arch.space.decisions[i].name] for i in arch.index}
         ctx = _Ctx(w, loose_weights(self.space, w), fixed, x.dtype, x.device)
+        if self.stack_mixtures is not None:
+            ctx.stacked = self.stack_mixtures
         finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
         out = x
         for i, layer in enumerate(self.layers):

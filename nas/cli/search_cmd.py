@@ -154,7 +154,16 @@ def _run_with_progress(search, dispatcher=None, time_budget: float | None = None
     with Progress(*columns, console=console, transient=False, refresh_per_second=2) as bar:
         task = bar.add_task(search.record.name, total=search.options.trials, stats="")
 
+        phase: dict[str, Any] = {}
+
         def update(p) -> None:
+            if p.phase:  # a darts supernet job: its own bar, in steps
+                if "task" not in phase:
+                    phase["task"] = bar.add_task(f"{p.phase} job", total=p.phase_total, stats="")
+                bar.update(phase["task"], completed=p.phase_step, total=p.phase_total, stats=p.phase_stats)
+            elif "task" in phase and not phase.get("closed"):
+                bar.update(phase["task"], completed=p.phase_total or p.phase_step)
+                phase["closed"] = True
             bar.update(task, completed=p.done, stats=_stats(p))
 
         try:
@@ -172,6 +181,8 @@ def _run_with_progress(search, dispatcher=None, time_budget: float | None = None
                       f"were cancelled (back to pending)[/yellow]")
         console.print(f"resume with: nas search resume {search.record.name}{where}")
         return
+    for what, path in progress.artifacts.items():
+        console.print(f"{what}: {path}")
     console.print(f"search [bold]{search.record.name}[/bold]: {progress.completed} completed, {progress.failed} failed, "
                   f"{progress.diverged} diverged, {progress.pruned} pruned in {elapsed:.1f} s; "
                   f"best {_fmt(progress.best)} (trial {progress.best_trial})")
@@ -219,7 +230,8 @@ def run(
     space_file: Path = typer.Argument(..., help="The search-space file."),
     controller: str = typer.Option("random", "--controller", "-c", help=f"Search controller: {', '.join(CONTROLLERS)} "
                                    "(their settings: `nas search controllers`)."),
-    trials: int = typer.Option(20, "--trials", "-n", min=1, help="Trials to evaluate."),
+    trials: int = typer.Option(None, "--trials", "-n", min=1, help="Trials to evaluate (default 20; darts: 1, "
+                               "the derived cell)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the controller and of every trial."),
     name: str = typer.Option(None, "--name", help="Search name (default: <space>-<controller>-<time>)."),
     task: str = typer.Option(None, "--task", help='Override the space\'s task, e.g. \'parity(length=20)\'.'),
@@ -255,6 +267,8 @@ def run(
     reduction_factor: float = typer.Option(None, "--reduction-factor", help="ASHA/Hyperband eta (default 3)."),
     time_budget: str = typer.Option(None, "--time-budget", help="Stop after this long (90s, 15m, 2h): no new "
                                     "trials, running ones cancelled; resume continues."),
+    order: int = typer.Option(None, "--order", help="darts: 1 (first order) or 2 (second order, unrolled)."),
+    epochs: float = typer.Option(None, "--epochs", help="darts: supernet passes over the training split."),
     db: str = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Run a search and record every trial in the results database."""
@@ -292,14 +306,22 @@ def run(
     elif table is not None:
         raise UserError("--table is for --evaluator lookup")
     recorded = {k: v for k, v in dispatch.items() if k != "ray_address"}
+    copts = parse_key_values(controller_opt, "--controller-opt")
+    copts.update(_darts_flags(controller, order, epochs))
+    if trials is None:
+        trials = 1 if controller == "darts" else 20
     options = SearchOptions(trials=trials, controller=controller, seed=seed,
-                            controller_options=parse_key_values(controller_opt, "--controller-opt"),
+                            controller_options=copts,
                             task=parse_task(task) if task else None, train_overrides=overrides,
                             reuse_results=reuse_results, scheduler=scheduler, scheduler_options=sched_opts,
                             dispatch=recorded)
     store = open_store(db)
     # everything that can be wrong is checked before Ray starts, and Ray before the search is recorded
-    check_search_inputs(load_space(space_file), options)
+    space = load_space(space_file)
+    check_search_inputs(space, options)
+    from ..controllers import make_controller
+
+    make_controller(controller, space, seed=seed, **copts)  # a bad --controller-opt: exit 2 before Ray starts
     if name is not None and store.get_search(name) is not None:
         raise UserError(f"a search named '{name}' already exists in {store.url}",
                         f"resume it with `nas search resume {name}` or choose another --name")
@@ -316,6 +338,23 @@ def run(
     console.print(f"search [bold]{search.record.name}[/bold] on {search.space.name} "
                   f"({len(search.space.decisions)} decisions), controller {controller}, db {store.url}")
     _run_with_progress(search, disp, budget)
+
+
+def _darts_flags(controller: str, order: int | None, epochs: float | None) -> dict[str, Any]:
+    """--order / --epochs: darts options, checked here so the message names the flag."""
+    given = {k: v for k, v in (("--order", order), ("--epochs", epochs)) if v is not None}
+    if given and controller != "darts":
+        raise UserError(f"{', '.join(given)} is for --controller darts (got --controller {controller})")
+    out: dict[str, Any] = {}
+    if order is not None:
+        if order not in (1, 2):
+            raise UserError(f"--order {order}: expected 1 (first order) or 2 (second order)")
+        out["order"] = order
+    if epochs is not None:
+        if not math.isfinite(epochs) or epochs <= 0:
+            raise UserError(f"--epochs {epochs:g}: expected a number of supernet epochs > 0")
+        out["epochs"] = epochs
+    return out
 
 
 @search_app.command("controllers")

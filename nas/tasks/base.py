@@ -92,6 +92,12 @@ class Task(ABC):
                       device: torch.device) -> Iterator[Batch]:
         """An endless iterator of training batches, random only through `generator`."""
 
+    def valid_batches(self, train_cfg: TrainConfig, generator: torch.Generator,
+                      device: torch.device) -> Iterator[Batch]:
+        """An endless iterator of batches from the validation data, shaped like training
+        batches (bilevel searches such as DARTS fit architecture parameters on them)."""
+        raise TaskError(f"task {self.name!r} provides no validation batches")
+
     @abstractmethod
     def evaluate(self, model: RecurrentModel, train_cfg: TrainConfig, device: torch.device,
                  final: bool) -> dict[str, float]:

@@ -101,6 +101,18 @@ class LMTask(Task):
                 xb = x[:, i:i + s]
                 yield Batch(xb, y[:, i:i + s], tokens=xb.numel(), dense=True, reset=(i == 0))
 
+    def valid_batches(self, train_cfg: TrainConfig, generator: torch.Generator,
+                      device: torch.device) -> Iterator[Batch]:
+        """The validation split in the training layout (batch_size rows, seq_len chunks)."""
+        val = self.splits()["val"]
+        x, y = batchify(val, min(train_cfg.batch_size, max(1, (len(val) - 1) // 2)))
+        x, y = x.to(device), y.to(device)
+        s = self._seq_len(train_cfg)
+        while True:
+            for i in range(0, x.shape[1], s):
+                xb = x[:, i:i + s]
+                yield Batch(xb, y[:, i:i + s], tokens=xb.numel(), dense=True, reset=(i == 0))
+
     def _eval_data(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (split, str(device))
         if key not in self._eval_cache:

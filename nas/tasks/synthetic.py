@@ -75,6 +75,16 @@ class SyntheticTask(Task):
             x, y = self.generate(train_cfg.batch_size, self.length, False, generator)
             yield Batch(x.to(device), y.to(device), tokens=x.numel(), dense=False, reset=True)
 
+    def valid_batches(self, train_cfg: TrainConfig, generator: torch.Generator,
+                      device: torch.device) -> Iterator[Batch]:
+        """Random batches (drawn with `generator`) of the fixed length-L validation set."""
+        x, y = self._val_set(1, device)
+        while True:
+            idx = torch.randint(0, len(x), (min(train_cfg.batch_size, len(x)),), generator=generator)
+            idx = idx.to(x.device)
+            xb, yb = x[idx], y[idx]
+            yield Batch(xb, yb, tokens=xb.numel(), dense=False, reset=True)
+
     def _val_set(self, scale: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (scale, str(device))
         if key not in self._val_cache:
