@@ -67,7 +67,9 @@ class Architect:
         else:
             g, lv = self.unrolled_gradient(train_loss, valid_loss)
         if self.penalty is not None:
-            g = [a + b for a, b in zip(g, _grads(self.penalty(), self.alphas))]
+            pen = self.penalty()
+            if pen.requires_grad:  # a cost that no decision changes has no gradient
+                g = [a + b for a, b in zip(g, _grads(pen, self.alphas))]
         return g, float(lv.detach())
 
     def step(self, train_loss: Loss, valid_loss: Loss) -> float:

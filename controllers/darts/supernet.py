@@ -173,7 +173,9 @@ class SupernetLayer(nn.Module):
         if isinstance(e, ERef):
             return env[e.name]
         if isinstance(e, EConst):
-            v = torch.tensor(e.value, dtype=ctx.dtype, device=ctx.device)
+            v = ctx.consts.get(k)
+            if v is None:  # one host-to-device copy per forward, not per step
+                v = ctx.consts[k] = torch.tensor(e.value, dtype=ctx.dtype, device=ctx.device)
         elif isinstance(e, EChoice):
             w = ctx.w[e.decision]
             if ctx.fixed is not None:  # derived-cell mode: only the chosen alternative runs
@@ -277,6 +279,7 @@ class _Ctx:
         self.stacked = device.type == "cuda"
         self.t: int | None = None
         self.hproj: dict = {}
+        self.consts: dict[int, Tensor] = {}
 
 
 # ---- loose ends ------------------------------------------------------------------------------------
