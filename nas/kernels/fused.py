@@ -21,6 +21,7 @@ values (register pressure); larger H is looped in BLOCK_H blocks inside the prog
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -31,7 +32,9 @@ from .scan import HAVE_TRITON, interpreting, scan_available
 if HAVE_TRITON:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 
+log = logging.getLogger(__name__)
 fused_available = scan_available  # same rule: CUDA, or the CPU under TRITON_INTERPRET=1
 
 MIN_BLOCK = 16  # tl.dot's smallest tile edge on the GPU (tests lower it in the interpreter)
@@ -39,28 +42,33 @@ MAX_BLOCK_H = 64  # the interpreter's single-program blocks
 ACC_BUDGET = 8192  # fp32 accumulator elements per program in one pass (register pressure)
 
 
-def _tuning_override() -> tuple[int, int, int, int] | None:
-    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS" pins the blocks (benchmarks, tuning)."""
+def _tuning_override() -> tuple[int, ...] | None:
+    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES]" pins the blocks (benchmarks, tuning)."""
     text = os.environ.get("NAS_FUSED_BLOCKS", "").strip()
     if not text:
         return None
     try:
-        bb, bh, bk, warps = (int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected four integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS") from exc
-    return bb, bh, bk, warps
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) not in (4, 5):
+        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES]")
+    return vals
 
 
-def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None = None) -> dict:
+def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> dict:
     """Tile sizes and the split of hidden columns across programs (the rule, in one place).
 
     Interpreter (CPU tests): one program per 16-row batch tile loops over every column block
     (NPC = 1, so the grid barrier is a no-op). GPU: the programs of a batch tile split the
     column blocks (NPC of them, synchronised per pass by `_sync`), so a step's matmuls spread
-    over the chip; the candidates keep each pass's accumulators within ACC_BUDGET and the
-    grid within one program per multiprocessor (all resident, which the barrier needs);
-    the most programs win, then the taller batch tile (fewer weight re-reads from L2), then
-    the wider column block. Batches with more tiles than multiprocessors run NPC = 1.
+    over the chip. Candidates keep each pass's accumulators within ACC_BUDGET and the grid
+    within one program per multiprocessor (all resident, which the barrier needs). The most
+    programs win (counted in eighths of the chip: 128 and 132 programs tie), then the taller
+    batch tile (fewer weight re-reads from L2), then the wider column block. 16-bit inputs in
+    64-row tiles take K blocks of 64 (fp32 ones run out of shared memory there). Batches
+    with more tiles than multiprocessors run NPC = 1. Tuning runs: benchmarks/fused_tune.py.
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
@@ -75,19 +83,46 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         choices = [pinned]
     else:
         bmax = max(MIN_BLOCK, min(64, triton.next_power_of_2(B)))
-        choices = [(bb, bh, 32, 4 if bb * bh <= 1024 else 8) for bh in (32, 16) for bb in (64, 32, 16)
+        wide_k = dtype in (torch.bfloat16, torch.float16)
+        choices = [(bb, bh, 64 if (wide_k and bb == 64) else 32, 4 if bb * bh <= 1024 else 8)
+                   for bh in (32, 16) for bb in (64, 32, 16)
                    if bb <= bmax and (bb * bh * nl <= ACC_BUDGET or bb * bh == MIN_BLOCK * MIN_BLOCK)]
     best, best_key = None, None
-    for bb, bh, bk, warps in choices:
+    for bb, bh, bk, warps, *stages in choices:
         nb, nj = cdiv(B, bb), cdiv(H, bh)
         npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
-        key = (min(nb * npc, sms), bb, bh)
+        key = (min(nb * npc, sms) // max(1, sms // 8), bb, bh)
         if best_key is None or key > best_key:
             best_key = key
             best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, bk), NPC=npc, NB=nb,
-                        num_warps=warps)
+                        num_warps=warps, **({"num_stages": stages[0]} if stages else {}))
     assert best is not None
     return best
+
+
+def safe_blocks(B: int, H: int) -> dict:
+    """The smallest tiles: what a launch falls back to when a kernel runs out of shared memory."""
+    nb, nj = triton.cdiv(B, MIN_BLOCK), triton.cdiv(H, MIN_BLOCK)
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
+    return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=32, JPP=triton.cdiv(nj, npc), NK=triton.cdiv(H, 32),
+                NPC=npc, NB=nb, num_warps=4)
+
+
+def _run(kernel, blocks: dict, fallback: dict, bar: torch.Tensor, bar_at: int, *args, **const) -> None:
+    """Launch with `blocks` (the barrier counters go in argument `bar_at`); on a shared-memory
+    shortage, once more with the smallest tiles."""
+    for attempt in (blocks, fallback):
+        meta = {k: v for k, v in attempt.items() if k != "NB"}
+        grid = (attempt["NB"] * attempt["NPC"],)
+        try:
+            bar.zero_()
+            kernel[grid](*args[:bar_at], bar[:attempt["NB"]], *args[bar_at:], **const, **meta)
+            return
+        except OutOfResources:
+            if attempt is fallback:
+                raise
+            log.info("fused kernel: out of resources with %s; using the smallest tiles", attempt)
 
 
 def _acc(dtype: torch.dtype):
@@ -100,11 +135,6 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _launch_args(blocks: dict) -> tuple[tuple[int], dict]:
-    meta = {k: v for k, v in blocks.items() if k != "NB"}
-    return (blocks["NB"] * blocks["NPC"],), meta
-
-
 class _FusedSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: FusedSpec, xp: torch.Tensor, h0: torch.Tensor, *weights: torch.Tensor):
@@ -115,13 +145,15 @@ class _FusedSequence(torch.autograd.Function):
         xp, h0 = xp.contiguous(), h0.contiguous()
         S = torch.empty(T + 1, B, NS * H, dtype=xp.dtype, device=xp.device)
         S[0] = h0
-        pre = torch.empty(T, B, max(NL, 1) * H, dtype=xp.dtype, device=xp.device)
+        acc_dtype = torch.float64 if xp.dtype == torch.float64 else torch.float32
+        # pre-activations at accumulator precision: the backward recomputes the cell from them
+        pre = torch.empty(T, B, max(NL, 1) * H, dtype=acc_dtype, device=xp.device)
         V = torch.empty(T, B, max(NV, 1) * H, dtype=xp.dtype, device=xp.device)
         wts = [w.t().contiguous() for w in weights]
-        blocks = choose_blocks(spec, B, H, xp.device)
-        bar = torch.zeros(blocks["NB"], dtype=torch.int32, device=xp.device)
-        grid, meta = _launch_args(blocks)
-        mod.fwd[grid](xp, S, pre, V, bar, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype), **meta)
+        blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
+        fallback = safe_blocks(B, H) if xp.is_cuda else blocks
+        bar = torch.zeros(max(blocks["NB"], fallback["NB"]), dtype=torch.int32, device=xp.device)
+        _run(mod.fwd, blocks, fallback, bar, 4, xp, S, pre, V, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype))
         ctx.spec = spec
         ctx.save_for_backward(xp, S, pre, V, *weights)
         return S
@@ -140,11 +172,11 @@ class _FusedSequence(torch.autograd.Function):
         gv = torch.empty(B, max(len(spec.gv), 1) * H, dtype=acc_dtype, device=xp.device)
         gs = torch.zeros(2, B, NS * H, dtype=acc_dtype, device=xp.device)  # gs[T % 2]: nothing after T
         ws = [w.contiguous() for w in weights]
-        blocks = choose_blocks(spec, B, H, xp.device)
-        bar = torch.zeros(blocks["NB"], dtype=torch.int32, device=xp.device)
-        grid, meta = _launch_args(blocks)
-        mod.bwd[grid](xp, S, pre, V, dS, dxp, gv, gs, bar, *ws, B, T, H, ACC=_acc(xp.dtype),
-                      PREC=_prec(xp.dtype), **meta)
+        blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
+        fallback = safe_blocks(B, H) if xp.is_cuda else blocks
+        bar = torch.zeros(max(blocks["NB"], fallback["NB"]), dtype=torch.int32, device=xp.device)
+        _run(mod.bwd, blocks, fallback, bar, 8, xp, S, pre, V, dS, dxp, gv, gs, *ws, B, T, H, ACC=_acc(xp.dtype),
+             PREC=_prec(xp.dtype))
         dh0 = (dS[0].to(acc_dtype) + gs[0]).to(xp.dtype)
         return (None, dxp, dh0, *_weight_grads(spec, dxp, S, V, H))
 
