@@ -18,20 +18,28 @@ hash is there because the kernel's argument layout follows the plan's node order
 isomorphic cells written differently do not share. Files are written atomically, so
 concurrent workers may share the cache.
 
-The kernels (per program: BLOCK_B batch rows, the whole time loop inside):
-  fwd: for t: for each block of BLOCK_H hidden units: every per-step linear's
-       pre-activation = (its hoisted x part + bias, read from XP) + sum over the states it
-       reads of state_{t-1} @ W^T (a K-loop of tl.dot over the previous state, read back
-       from the state workspace S); pre-activations are written to PRE; the elementwise
-       graph runs in registers and the new states are written to S[t+1].
-  bwd: for t = T-1 .. 0: phase 1, per hidden block: reload PRE, XP and S[t], recompute
-       the elementwise graph, run it backwards (derivative code per op), write the
-       pre-activation gradients and those of the hoisted inputs to DXP, and the direct
-       gradient of each previous state to GD; phase 2, per hidden block:
-       dstate_{t-1} = GD + sum dpre @ W (K-loop of tl.dot), kept in GC for step t-1.
-Hidden sizes above BLOCK_H are split into BLOCK_H-column blocks looped inside the program
-(the rule is `choose_blocks` in `nas.kernels.fused`): the previous state is re-read from
-global memory (L1/L2) every step, so any H runs; no hidden size falls back.
+The kernels (grid: NB batch tiles x NPC programs per tile; each program owns BLOCK_B rows
+and every NPC-th block of BLOCK_H hidden columns; the whole time loop runs inside). A step
+runs in passes (`nas.kernels.fused_spec`: a linear that projects a per-step node, as in
+DARTS/ENAS, runs one pass after it):
+  fwd: for t, for each pass k, per owned column block: the pass's linears' pre-activations
+       = (hoisted x part + bias, from XP) + sum over their per-step sources of
+       source @ W^T (a K-loop of tl.dot over every column of the source: the previous
+       state in S, or a chain source written to V in an earlier pass); PRE is written, the
+       elementwise graph of the pass runs in registers (values of earlier passes are
+       recomputed from PRE, S and XP), chain sources go to V and next states to S[t+1];
+       then `_sync`: every program of the tile has finished the pass.
+  bwd: for t = T-1 .. 0, for each pass k from the last: phase A, per owned block: reload
+       and recompute, run the pass's elementwise graph backwards (derivative code per
+       op), write its linears' dpre to DXP, and add gradients for values of earlier
+       passes into their accumulators (GV, the previous step's state gradient GS, DXP of
+       hoisted values); `_sync`; phase B: each source's accumulator += dpre @ W (K-loop
+       over every column of dpre). Weight gradients are one GEMM per group after the loop.
+`_sync` is a barrier among the NPC programs of a tile (an atomic counter in global memory,
+release/acquire at GPU scope); loads of other programs' columns bypass L1 (`.cg`). It
+needs all programs resident, which `choose_blocks` guarantees (at most one program per
+multiprocessor); under TRITON_INTERPRET programs run one after another, so there NPC = 1
+and the barrier is a no-op. Any hidden size runs: none falls back.
 """
 
 from __future__ import annotations
