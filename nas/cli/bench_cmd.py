@@ -332,6 +332,9 @@ def _register() -> None:
         for n in names:
             if n not in CONTROLLERS:
                 raise UserError(f"unknown controller '{n}'", f"controllers: {', '.join(CONTROLLERS)}")
+            if getattr(CONTROLLERS[n], "needs_supernet", False):
+                raise UserError(f"controller '{n}' trains a supernet, which a lookup table cannot stand in for",
+                                f"run it with `nas search run SPACE -c {n}`")
         if driver not in ("search", "direct"):
             raise UserError(f"--driver {driver!r}: use search or direct")
         if mode not in ("min", "max"):

@@ -454,6 +454,11 @@ def status(
     console.print(f"search [bold]{rec.name}[/bold] ({rec.status}); space {rec.space_name}; controller {rec.controller}"
                   + (f"; scheduler {opts['scheduler']}" if opts.get("scheduler", "none") != "none" else ""))
     done = sum(c[s] for s in ("completed", "failed", "diverged", "pruned"))
+    if rec.controller == "darts":  # its supernet job is recorded as a trial the controller did not ask
+        from ..supernet_phase import is_supernet_trial
+
+        done -= sum(1 for t in store.trials(rec.id) if is_supernet_trial(t) and t.status != "pending"
+                    and t.status != "running")
     console.print(f"  done {done}" + (f" of {total}" if total else "") + "  "
                   + "  ".join(f"{k} {v}" for k, v in c.items() if v))
     trials = store.trials(rec.id)
