@@ -53,12 +53,14 @@ def cells(quick: bool) -> list[tuple[str, object]]:
     return out
 
 
-def check(quick: bool) -> list[list]:
+def check(quick: bool, only: str = "") -> list[list]:
     rows = []
     torch.backends.cuda.matmul.allow_tf32 = False
     sizes = [(64, 24, 512), (5, 33, 300)]
     for name, graph in cells(quick):
-        for (B, T, H) in sizes:
+        if only and name not in only.split(","):
+            continue
+        for (B, T, H) in sizes[:1] if only else sizes:
             for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
                 try:
                     torch.manual_seed(0)
@@ -144,9 +146,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--variants", default=";".join(VARIANTS), help="';'-separated NAS_FUSED_BLOCKS values ('' = the rule)")
+    ap.add_argument("--check-cells", default="", help="comma-separated cell names to check (first size only)")
     ap.add_argument("--only", default="", help="comma-separated name:B:dtype cases, e.g. lstm:256:bfloat16")
     args = ap.parse_args()
-    check_rows = [] if args.skip_check else check(args.quick)
+    check_rows = [] if args.skip_check else check(args.quick, args.check_cells)
     time_rows = timings(args.quick, args.variants.split(";"), args.only)
     report = "\n\n".join([
         f"# Fused kernel tuning — {device_name()}, {stamp()}",
