@@ -474,6 +474,12 @@ class Results:
         if _TRIAL_ID_RE.match(text) or _SEARCH_INDEX_RE.match(text):
             t = self.resolve_trial(text)
             if t.architecture_id is None:
+                hp = t.hyperparameters if isinstance(t.hyperparameters, dict) else {}
+                if t.assignment is None and "darts" in hp:  # see nas.supernet_phase
+                    raise UserError(f"trial {text} is a darts search's supernet job, a mixture of every cell "
+                                    "rather than one architecture",
+                                    "its derived cell is the search's next trial; the alpha history is in "
+                                    "runs/<search>/alpha.json beside the database (and this trial's steps)")
                 raise UserError(f"trial {text} has no architecture recorded")
             arch = self.store.get_architecture(t.architecture_id)
             assert arch is not None
