@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from common import bench, error_text, rel_err  # noqa: E402
 
 from nas.compile import build_rnn, choose_backend  # noqa: E402
+from nas.genotypes import darts_assignment  # noqa: E402
 from nas.ir import INPUT  # noqa: E402
 from nas.space import load_space  # noqa: E402
 
@@ -51,16 +52,6 @@ DARTS_V2 = (("sigmoid", 0), ("relu", 1), ("relu", 1), ("identity", 1),
 def darts_v2():
     """The DARTS V2 recurrent cell (Liu et al. 2019) as a graph of searchspaces/darts_ptb.cell."""
     sp = space("darts_ptb")
-    try:
-        from nas.genotypes import darts_assignment
-    except ImportError:  # the genotype by hand: (activation, input node) for nodes 1..8
-        a = sp.normalize({})
-        for i, (act, j) in enumerate(DARTS_V2, start=1):
-            d = sp.decision(f"n{i}.act")
-            a[d.name] = d.choices.index(act)
-            if i > 1:
-                a[sp.decision(f"p_{i}.in").name] = j
-        return sp.instantiate(sp.normalize(a))
     return sp.instantiate(darts_assignment(sp))
 
 

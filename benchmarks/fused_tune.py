@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import device_name, md_table, out_dir, stamp  # noqa: E402
+from fused import fwd_bwd  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from nas.compile import build_rnn  # noqa: E402
@@ -94,13 +95,6 @@ def check(quick: bool, only: str = "") -> list[list]:
                     rows.append([name, f"{B}x{T}x{H}", str(dtype)[6:], "-", "-", "-", f"ERROR {type(exc).__name__}"])
                 print(rows[-1], flush=True)
     return rows
-
-
-def fwd_bwd(model, x):
-    def run():
-        out, _ = model(x)
-        out.sum().backward()
-    return run
 
 
 def timings(quick: bool, variants: list[str], only: str) -> list[list]:

@@ -27,7 +27,6 @@ import time
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ModelConfig, TaskSpec, TrainConfig
 from ..controllers.darts.bilevel import Architect
@@ -36,6 +35,7 @@ from ..controllers.darts.supernet import ArchParams, SupernetRNN
 from ..space import SearchSpace
 from ..tasks import RecurrentModel, make_task, resolve_device
 from ..tasks.model import detach_state
+from ..tasks.train import batch_loss
 from .trial import worker_identity
 
 
@@ -56,14 +56,7 @@ def job_budget(task, train_cfg: TrainConfig, options: dict[str, Any]) -> int:
 
 
 def _loss(model: RecurrentModel, batch, state):
-    feats, new_state = model(batch.x, state)
-    if batch.dense:
-        logits = model.decode(feats)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.y.reshape(-1))
-    else:
-        mask = batch.y >= 0
-        loss = F.cross_entropy(model.decode(feats[mask]).float(), batch.y[mask])
-    return loss, new_state
+    return batch_loss(model, batch, state)
 
 
 def _b64(obj: Any) -> str:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...compile.rnn import run_layers
 from ...compile.torch_ops import ELEMENTWISE
 from ...elaborate import EChoice, EConst, ELoose, EOp, ERef
 from ...errors import UserError
@@ -373,18 +374,8 @@ class SupernetRNN(nn.Module):
         ctx = _Ctx(w, loose_weights(self.space, w), fixed, x.dtype, x.device)
         if self.stack_mixtures is not None:
             ctx.stacked = self.stack_mixtures
-        finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
-        out = x
-        for i, layer in enumerate(self.layers):
-            if i > 0:
-                out = self.drop(out)
-            out, last = layer(out, tuple(s[i] for s in per_state), ctx)
-            for k, s in enumerate(last):
-                finals[k].append(s)
-        stacked = tuple(torch.stack(f, 0) for f in finals)
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        return out, (stacked[0] if self.num_states == 1 else stacked)
+        return run_layers(self.layers, self.drop, x, per_state, self.batch_first,
+                          lambda layer, h, s: layer(h, s, ctx))
 
 
 def copy_weights(supernet: SupernetRNN, cell_rnn: nn.Module, assignment: Assignment, to_cell: bool = True) -> int:

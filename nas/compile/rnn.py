@@ -76,15 +76,23 @@ class CellRNN(nn.Module):
         per_state = (state,) if isinstance(state, Tensor) else tuple(state)
         if len(per_state) != self.num_states:
             raise ValueError(f"the cell has {self.num_states} states, got {len(per_state)} initial states")
-        finals: list[list[Tensor]] = [[] for _ in range(self.num_states)]
-        out = x
-        for i, layer in enumerate(self.layers):
-            if i > 0:
-                out = self.drop(out)
-            out, last = layer(out, tuple(s[i] for s in per_state))
-            for k, s in enumerate(last):
-                finals[k].append(s)
-        stacked = tuple(torch.stack(f, 0) for f in finals)
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        return out, (stacked[0] if self.num_states == 1 else stacked)
+        return run_layers(self.layers, self.drop, x, per_state, self.batch_first, lambda layer, h, s: layer(h, s))
+
+
+def run_layers(layers, drop: nn.Module, x: Tensor, per_state: tuple[Tensor, ...], batch_first: bool,
+               call) -> tuple[Tensor, State]:
+    """Stacked layers over time-major `x` with dropout between them; `call(layer, input,
+    states)` runs one layer. Returns the output (batch first if asked) and the final states
+    stacked per layer, as torch.nn.LSTM does (shared by CellRNN and the darts supernet)."""
+    finals: list[list[Tensor]] = [[] for _ in per_state]
+    out = x
+    for i, layer in enumerate(layers):
+        if i > 0:
+            out = drop(out)
+        out, last = call(layer, out, tuple(s[i] for s in per_state))
+        for k, s in enumerate(last):
+            finals[k].append(s)
+    stacked = tuple(torch.stack(f, 0) for f in finals)
+    if batch_first:
+        out = out.transpose(0, 1)
+    return out, (stacked[0] if len(stacked) == 1 else stacked)

@@ -160,13 +160,7 @@ class _Trial:
             ts = time.perf_counter()
             if batch.reset or not task.carries_state:
                 state = None
-            feats, state = model(batch.x, state)
-            if batch.dense:
-                logits = model.decode(feats)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.y.reshape(-1))
-            else:
-                mask = batch.y >= 0
-                loss = F.cross_entropy(model.decode(feats[mask]).float(), batch.y[mask])
+            loss, state = batch_loss(model, batch, state)
             loss_value = loss.item()
             if first_loss is None:
                 first_loss = loss_value
@@ -222,6 +216,19 @@ class _Trial:
         m["wall_time_s"] = time.perf_counter() - t0
         return TrialResult(status=status, metrics=m, curve=self.curve,  # type: ignore[arg-type]
                            primary_metric=self.task.primary_metric, mode=self.task.mode, **extra)
+
+
+def batch_loss(model, batch, state):
+    """Cross-entropy of one batch (every position for dense LM batches, else the labelled
+    ones) and the carried state: the loss every trainer of a recurrent model uses."""
+    feats, new_state = model(batch.x, state)
+    if batch.dense:
+        logits = model.decode(feats)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.y.reshape(-1))
+    else:
+        mask = batch.y >= 0
+        loss = F.cross_entropy(model.decode(feats[mask]).float(), batch.y[mask])
+    return loss, new_state
 
 
 def train_trial(task: Task, rnn_factory: RNNFactory, model_cfg: ModelConfig, train_cfg: TrainConfig,
