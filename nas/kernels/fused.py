@@ -5,18 +5,22 @@
                         for x's projections): per per-step linear, its x part plus bias,
                         then the hoisted values the elementwise graph reads;
   h0      (B, NS*H)     initial states, concatenated;
-  weights one (n_parts*H, H) matrix per state that a per-step linear projects (the
-                        CellLayer parameter of that state's weight group).
+  weights one (n_parts*H, H) matrix per per-step source that a linear projects (each
+                        state, then each chain source; the CellLayer parameter of that
+                        source's weight group).
 It returns S (T+1, B, NS*H): S[0] = h0 and S[t+1] the states after step t. Gradients reach
 xp (and through autograd the input GEMM and the biases), h0 and the weights; the weight
-gradients are one GEMM per weight group over all T*B rows after the reverse-time kernel.
+gradients are one GEMM per weight group over all T*B rows after the reverse-time kernel
+(sources: S for states, V, the chain sources the forward kernel saved, for the rest).
 
-Dtypes: fp32, bf16 or fp16 storage with fp32 accumulation, or fp64 throughout (tests).
-fp32 matmuls use tf32 only where torch.backends.cuda.matmul.allow_tf32 is set (as torch).
+Dtypes: fp32, bf16 or fp16 storage with fp32 accumulation (pre-activations are kept in
+fp32), or fp64 throughout (tests). fp32 matmuls use tf32 only where
+torch.backends.cuda.matmul.allow_tf32 is set (as torch).
 
-Block rule (`choose_blocks`): BLOCK_B = 16 batch rows per program (tl.dot's minimum), one
-program per batch tile; BLOCK_H = min(next_pow2(H), 64), or 32 for cells with many live
-values (register pressure); larger H is looped in BLOCK_H blocks inside the program.
+Blocks: `choose_blocks` (the rule, with its reasons). The column split needs every program
+of the grid resident at once (at most one per multiprocessor is launched); a GPU shared
+with other processes through MPS could break that, and the kernel would then wait
+forever: run such setups with backend="reference" or on a GPU of their own.
 """
 
 from __future__ import annotations
@@ -100,10 +104,10 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     return best
 
 
-def safe_blocks(B: int, H: int) -> dict:
+def safe_blocks(B: int, H: int, device: torch.device) -> dict:
     """The smallest tiles: what a launch falls back to when a kernel runs out of shared memory."""
     nb, nj = triton.cdiv(B, MIN_BLOCK), triton.cdiv(H, MIN_BLOCK)
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
     npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
     return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=32, JPP=triton.cdiv(nj, npc), NK=triton.cdiv(H, 32),
                 NPC=npc, NB=nb, num_warps=4)
@@ -151,7 +155,7 @@ class _FusedSequence(torch.autograd.Function):
         V = torch.empty(T, B, max(NV, 1) * H, dtype=xp.dtype, device=xp.device)
         wts = [w.t().contiguous() for w in weights]
         blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
-        fallback = safe_blocks(B, H) if xp.is_cuda else blocks
+        fallback = safe_blocks(B, H, xp.device) if xp.is_cuda else blocks
         bar = torch.zeros(max(blocks["NB"], fallback["NB"]), dtype=torch.int32, device=xp.device)
         _run(mod.fwd, blocks, fallback, bar, 4, xp, S, pre, V, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype))
         ctx.spec = spec
@@ -173,7 +177,7 @@ class _FusedSequence(torch.autograd.Function):
         gs = torch.zeros(2, B, NS * H, dtype=acc_dtype, device=xp.device)  # gs[T % 2]: nothing after T
         ws = [w.contiguous() for w in weights]
         blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
-        fallback = safe_blocks(B, H) if xp.is_cuda else blocks
+        fallback = safe_blocks(B, H, xp.device) if xp.is_cuda else blocks
         bar = torch.zeros(max(blocks["NB"], fallback["NB"]), dtype=torch.int32, device=xp.device)
         _run(mod.bwd, blocks, fallback, bar, 8, xp, S, pre, V, dS, dxp, gv, gs, *ws, B, T, H, ACC=_acc(xp.dtype),
              PREC=_prec(xp.dtype))
