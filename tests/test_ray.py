@@ -301,3 +301,19 @@ def test_search_through_ray_into_postgresql(ray_address):
     st = nas("search", "status", name, "--db", url)
     assert st.returncode == 0 and "done 4 of 4" in st.stdout, st.stdout + st.stderr
     assert_consistent(Store.open(url), name, 4)
+
+
+def test_darts_supernet_job_runs_as_a_ray_task(ray_address, tmp_path) -> None:
+    """`--controller darts` on Ray: the supernet job streams its history from a Ray task,
+    then the derived cell trains as an ordinary trial; the same as in-process."""
+    spaces = Path(__file__).resolve().parents[1] / "searchspaces"
+    store = Store.open(tmp_path / "nas.db")
+    opts = SearchOptions(trials=1, controller="darts", seed=1, train_overrides={"steps": 5},
+                         controller_options={"steps": 6, "log_every": 2, "checkpoint_every": 3,
+                                             "w_optimizer": "space"})
+    search = Search.create(store, spaces / "quickstart.cell", opts, name="darts-ray")
+    search.run(dispatcher=RayDispatcher(max_retries=1))
+    sup, derived = sorted(store.trials("darts-ray"), key=lambda t: t.trial_index)
+    assert sup.status == "completed" and sup.assignment is None and sup.host
+    assert [st for st, _ in store.curve(sup.id)] == [2, 4, 6]
+    assert derived.status == "completed" and derived.assignment == search.controller.derived
