@@ -55,10 +55,6 @@ def job_budget(task, train_cfg: TrainConfig, options: dict[str, Any]) -> int:
     return 200
 
 
-def _loss(model: RecurrentModel, batch, state):
-    return batch_loss(model, batch, state)
-
-
 def _b64(obj: Any) -> str:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -184,15 +180,15 @@ class DartsJob:
                 holder: dict[str, Any] = {}
 
                 def train_loss(tb=tb, s=self.t_state):
-                    return _loss(self.model, tb, s)[0]
+                    return batch_loss(self.model, tb, s)[0]
 
                 def valid_loss(vb=vb, s=self.v_state, holder=holder):
-                    loss, holder["state"] = _loss(self.model, vb, s)
+                    loss, holder["state"] = batch_loss(self.model, vb, s)
                     return loss
 
                 vlosses.append(self.architect.step(train_loss, valid_loss))
                 self.v_state = detach_state(holder.get("state")) if carry else None
-            loss, t_state = _loss(self.model, tb, self.t_state)
+            loss, t_state = batch_loss(self.model, tb, self.t_state)
             self.w_opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.clip > 0:
@@ -238,7 +234,7 @@ def run_darts_job(spec: dict[str, Any], checkpoint: str | None = None) -> Iterat
 
 
 def submit_darts_job(spec: dict[str, Any], checkpoint: str | None, *, num_cpus: float, num_gpus: float):
-    """Run the job as a Ray streaming task with these resources; returns (ref generator, task ref)."""
+    """Run the job as a Ray streaming task with these resources; returns its generator of event refs."""
     import ray
 
     @ray.remote(num_returns="streaming", max_retries=0)

@@ -94,24 +94,14 @@ class LMTask(Task):
                       device: torch.device) -> Iterator[Batch]:
         self._train_rows(train_cfg)
         x, y = batchify(self.splits()["train"], train_cfg.batch_size)
-        x, y = x.to(device), y.to(device)
-        s = self._seq_len(train_cfg)
-        while True:
-            for i in range(0, x.shape[1], s):
-                xb = x[:, i:i + s]
-                yield Batch(xb, y[:, i:i + s], tokens=xb.numel(), dense=True, reset=(i == 0))
+        yield from _chunks(x.to(device), y.to(device), self._seq_len(train_cfg))
 
     def valid_batches(self, train_cfg: TrainConfig, generator: torch.Generator,
                       device: torch.device) -> Iterator[Batch]:
         """The validation split in the training layout (batch_size rows, seq_len chunks)."""
         val = self.splits()["val"]
         x, y = batchify(val, min(train_cfg.batch_size, max(1, (len(val) - 1) // 2)))
-        x, y = x.to(device), y.to(device)
-        s = self._seq_len(train_cfg)
-        while True:
-            for i in range(0, x.shape[1], s):
-                xb = x[:, i:i + s]
-                yield Batch(xb, y[:, i:i + s], tokens=xb.numel(), dense=True, reset=(i == 0))
+        yield from _chunks(x.to(device), y.to(device), self._seq_len(train_cfg))
 
     def _eval_data(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (split, str(device))
@@ -151,3 +141,11 @@ class LMTask(Task):
 def perplexity(loss: float) -> float:
     """exp(loss) without overflow errors."""
     return math.exp(min(loss, 700.0))
+
+
+def _chunks(x: torch.Tensor, y: torch.Tensor, seq_len: int) -> Iterator[Batch]:
+    """Endless BPTT chunks of batchified rows; the state resets at each pass's first chunk."""
+    while True:
+        for i in range(0, x.shape[1], seq_len):
+            xb = x[:, i:i + seq_len]
+            yield Batch(xb, y[:, i:i + seq_len], tokens=xb.numel(), dense=True, reset=(i == 0))
