@@ -1,0 +1,274 @@
+"""Where the fused sequential kernel's time goes, and the scan kernel's tuning (development
+probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.md).
+
+    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu]
+
+scan   the forward scan kernel over (BLOCK_T, BLOCK_D, warps) and with the next tile's loads
+       issued before the current tile's scan, against the device-to-device copy
+darts  DARTS V2 (64, 512, 512) fp32: forward alone and forward+backward, for block choices,
+       matmul precisions (ieee, tf32, tf32x3) and source variants of the generated kernel
+       (no grid barrier: wrong results, timing only; K-loops fully unrolled)
+lstm   the DSL LSTM at (256, 256, 1024) in fp32+tf32 and bf16 for block choices, with cuDNN
+ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
+       LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from common import device_name, log, md_table, out_dir, stamp  # noqa: E402
+from fused import darts_v2, fwd_bwd, space, tf32  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+import nas.kernels.fused as KF  # noqa: E402
+from nas.compile import build_rnn  # noqa: E402
+from nas.kernels import scan as KS  # noqa: E402
+
+REPORT: list[str] = []
+
+
+def emit(title: str, headers: list[str], rows: list[list]) -> None:
+    text = f"## {title}\n\n" + md_table(headers, rows)
+    print(text, flush=True)
+    REPORT.append(text)
+
+
+# ---- scan ----------------------------------------------------------------------------------
+@triton.jit
+def _scan_fwd_prefetch(A, Bv, H0, Hout, T, D, SB, ST, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                       N_TILES: tl.constexpr, ACC: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    rows = tl.arange(0, BLOCK_T)
+    base = pid_b.to(tl.int64) * SB
+    carry = tl.load(H0 + pid_b.to(tl.int64) * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+    mask = (rows[:, None] < T) & mask_d[None, :]
+    ptr = base + rows[:, None].to(tl.int64) * ST + offs_d[None, :]
+    a_n = tl.load(A + ptr, mask=mask, other=1.0)
+    b_n = tl.load(Bv + ptr, mask=mask, other=0.0)
+    for i in range(N_TILES):
+        a = a_n.to(ACC)
+        b = b_n.to(ACC)
+        t = i * BLOCK_T + rows
+        cur_mask = (t[:, None] < T) & mask_d[None, :]
+        cur_ptr = base + t[:, None].to(tl.int64) * ST + offs_d[None, :]
+        tn = t + BLOCK_T
+        n_mask = (tn[:, None] < T) & mask_d[None, :]
+        n_ptr = base + tn[:, None].to(tl.int64) * ST + offs_d[None, :]
+        a_n = tl.load(A + n_ptr, mask=n_mask, other=1.0)
+        b_n = tl.load(Bv + n_ptr, mask=n_mask, other=0.0)
+        ca, cb = tl.associative_scan((a, b), 0, KS._combine)
+        h = ca * carry[None, :] + cb
+        tl.store(Hout + cur_ptr, h.to(Hout.dtype.element_ty), mask=cur_mask)
+        last = tl.minimum(T - i * BLOCK_T, BLOCK_T) - 1
+        carry = tl.sum(tl.where(rows[:, None] == last, h, 0.0), axis=0)
+
+
+def part_scan() -> None:
+    B, D, T = 16, 1024, 4096
+    n = B * D * T
+    x = torch.randn(n, device="cuda")
+    y = torch.empty_like(x)
+    copy_ms = do_bench(lambda: y.copy_(x), warmup=25, rep=200, return_mode="median")
+    copy_tbps = 2 * n * 4 / copy_ms / 1e9
+    rows = [["copy", "-", "-", "-", copy_ms, copy_tbps, 1.0, "-"]]
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.rand(B, T, D, device="cuda", dtype=dtype) * 0.5 + 0.5
+        b = torch.randn(B, T, D, device="cuda", dtype=dtype)
+        h0 = torch.zeros(B, D, device="cuda", dtype=dtype)
+        ref = KS.linear_scan_reference(a[:2, :300].double(), b[:2, :300].double())
+        lib_ms = do_bench(lambda: KS.linear_scan(a, b), warmup=25, rep=200, return_mode="median")
+        tb = 3 * n * a.element_size() / lib_ms / 1e9
+        rows.append([f"linear_scan {str(dtype)[6:]}", "lib", "-", "-", lib_ms, tb, tb / copy_tbps, "-"])
+        h = torch.empty_like(b)
+        for kern_name, kern in (("plain", KS._scan_fwd), ("prefetch", _scan_fwd_prefetch)):
+            for bt in (64, 128, 256):
+                for bd in (16, 32, 64, 128):
+                    for warps in ((4, 8) if dtype == torch.float32 else (4,)):
+                        if bt * bd > 16384 or bt * bd < 2048:
+                            continue
+                        grid = (B, triton.cdiv(D, bd))
+
+                        def run(kern=kern, bt=bt, bd=bd, warps=warps, grid=grid):
+                            kern[grid](a, b, h0, h, T, D, T * D, D, BLOCK_T=bt, BLOCK_D=bd, N_TILES=triton.cdiv(T, bt),
+                                       ACC=tl.float32, num_warps=warps)
+                        try:
+                            run()
+                            err = ((h[:2, :300].double() - ref).norm() / ref.norm()).item()
+                            ms = do_bench(run, warmup=10, rep=100, return_mode="median")
+                            tb = 3 * n * a.element_size() / ms / 1e9
+                            rows.append([f"{kern_name} {str(dtype)[6:]}", bt, bd, warps, ms, tb, tb / copy_tbps, err])
+                        except Exception as exc:  # noqa: BLE001
+                            rows.append([f"{kern_name} {str(dtype)[6:]}", bt, bd, warps, f"ERROR {type(exc).__name__}",
+                                         "-", "-", "-"])
+        log(f"scan {dtype} done")
+    best = sorted([r for r in rows[1:] if isinstance(r[4], float) and r[1] != "lib"], key=lambda r: r[4])[:12]
+    emit(f"Scan forward (B, T, D) = ({B}, {T}, {D}), best 12 of {len(rows) - 1}", ["kernel", "BLOCK_T", "BLOCK_D", "warps", "ms", "TB/s",
+         "of copy", "rel err"], rows[:3] + best)
+    (out_dir() / "probe_scan_all.md").write_text(md_table(["kernel", "BLOCK_T", "BLOCK_D", "warps", "ms", "TB/s", "of copy",
+                                                          "rel err"], rows))
+
+
+# ---- fused kernel variants ------------------------------------------------------------------
+SOURCE_VARIANTS = {
+    "base": lambda s: s,
+    "nosync": lambda s: s.replace("if NPC > 1:", "if NPC > 1000000:"),  # wrong results: timing only
+    "unrollK": lambda s: s.replace("for k in range(NK):", "for k in tl.static_range(NK):"),
+}
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str
+    blocks: str = ""  # NAS_FUSED_BLOCKS ('' = the rule)
+    prec: str = ""  # '' = follow torch's flag
+    source: str = "base"
+
+
+def _patched(variant: Variant):
+    """Install the variant: block override, precision and source transform of the generated kernel."""
+    os.environ["NAS_FUSED_BLOCKS"] = variant.blocks
+    orig_load, orig_prec = KF.__dict__["_ORIG_LOAD"], KF.__dict__["_ORIG_PREC"]
+    transform = SOURCE_VARIANTS[variant.source]
+
+    def load(spec):
+        if variant.source == "base":
+            return orig_load(spec)
+        src = transform(spec.source)
+        key = hashlib.sha256(src.encode()).hexdigest()[:16]
+        return orig_load(dataclasses.replace(spec, source=src, key=key))
+
+    KF.load = load
+    KF._prec = (lambda dtype: variant.prec) if variant.prec else orig_prec
+
+
+def time_variants(label: str, graph, B: int, T: int, H: int, dtype, allow_tf32: bool, variants: list[Variant],
+                  cudnn: bool = False) -> list[list]:
+    rows = []
+    with tf32(allow_tf32):
+        x = torch.randn(B, T, H, device="cuda", dtype=dtype, requires_grad=True)
+        base = None
+        if cudnn:
+            m = torch.nn.LSTM(H, H, 1, batch_first=True).cuda().to(dtype)
+            m.flatten_parameters()
+            base = do_bench(fwd_bwd(m, x), warmup=25, rep=200, return_mode="median")
+            rows.append([label, "cuDNN", "-", "-", base, 1.0])
+        for v in variants:
+            try:
+                _patched(v)
+                torch.manual_seed(0)
+                model = build_rnn(graph, H, H, 1, backend="triton").cuda().to(dtype)
+                fb = fwd_bwd(model, x)
+                fb()
+                torch.cuda.synchronize()
+
+                def fwd_only():
+                    with torch.no_grad():
+                        model(x)
+                f_ms = do_bench(fwd_only, warmup=10, rep=150, return_mode="median")
+                fb_ms = do_bench(fb, warmup=10, rep=150, return_mode="median")
+                blk = KF.choose_blocks(model.layers[0].spec, B, H, torch.device("cuda"), dtype)
+                rows.append([label, v.name, f"{blk['BLOCK_B']},{blk['BLOCK_H']},{blk['BLOCK_K']},{blk['num_warps']}"
+                             f" NPC={blk['NPC']}x{blk['NB']}", f_ms, fb_ms, fb_ms / base if base else "-"])
+                model = fb = None
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                rows.append([label, v.name, "-", f"ERROR {type(exc).__name__}: {str(exc)[:80]}", "-", "-"])
+            log(f"{label} {v.name}: {rows[-1][3:]}")
+        _patched(Variant("reset"))
+    return rows
+
+
+def part_darts() -> None:
+    g = darts_v2()
+    variants = [Variant("rule"), Variant("rule again"),
+                Variant("nosync", source="nosync"), Variant("unrollK", source="unrollK"),
+                Variant("stages1", blocks="16,16,32,4,1"), Variant("stages4", blocks="16,16,32,4,4"),
+                Variant("BK16", blocks="16,16,16,4"), Variant("warps8", blocks="16,16,32,8"),
+                Variant("warps2", blocks="16,16,32,2"),
+                Variant("tf32", prec="tf32"), Variant("tf32x3", prec="tf32x3"),
+                Variant("tf32x3 BK16", prec="tf32x3", blocks="16,16,16,4")]
+    rows = time_variants("darts_v2 64x512x512 fp32", g, 64, 512, 512, torch.float32, False, variants)
+    emit("DARTS V2 fused kernel variants", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+
+
+def part_lstm() -> None:
+    g = space("lstm").instantiate({})
+    variants = [Variant("rule"), Variant("nosync", source="nosync"), Variant("64,32,32,4", blocks="64,32,32,4"),
+                Variant("64,32,32,8,2", blocks="64,32,32,8,2"), Variant("32,32,32,4", blocks="32,32,32,4"),
+                Variant("64,16,32,4", blocks="64,16,32,4"), Variant("128,16,32,8", blocks="128,16,32,8"),
+                Variant("64,32,64,8", blocks="64,32,64,8"), Variant("unrollK", source="unrollK")]
+    rows = time_variants("lstm 256x256x1024 fp32+tf32", g, 256, 256, 1024, torch.float32, True, variants, cudnn=True)
+    rows += time_variants("lstm 256x256x1024 bf16", g, 256, 256, 1024, torch.bfloat16, False, variants[:1] + variants[2:],
+                          cudnn=True)
+    emit("LSTM (256, 256, 1024) fused kernel variants", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
+                                                         "/ cuDNN"], rows)
+
+
+def ncu_target(which: str) -> None:
+    """One forward+backward (the launches ncu profiles)."""
+    if which == "darts":
+        g, (B, T, H), dtype, on = darts_v2(), (64, 512, 512), torch.float32, False
+    else:
+        g, (B, T, H), dtype, on = space("lstm").instantiate({}), (256, 256, 1024), torch.float32, True
+    with tf32(on):
+        model = build_rnn(g, H, H, 1, backend="triton").cuda().to(dtype)
+        x = torch.randn(B, T, H, device="cuda", dtype=dtype, requires_grad=True)
+        fwd_bwd(model, x)()
+        torch.cuda.synchronize()
+
+
+def part_ncu() -> None:
+    sections = ["SpeedOfLight", "Occupancy", "LaunchStats", "WarpStateStats", "SchedulerStats",
+                "MemoryWorkloadAnalysis", "ComputeWorkloadAnalysis", "InstructionStats", "SourceCounters"]
+    for which in ("darts", "lstm"):
+        import glob
+        import shutil
+        exe = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))), "ncu")
+        cmd = [exe, "--clock-control", "none", "--kernel-name", "regex:^(fwd|bwd)$", "--launch-count", "2"]
+        for s in sections:
+            cmd += ["--section", s]
+        cmd += [sys.executable, __file__, "--ncu-target", which]
+        log("ncu " + which)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+            (out_dir() / f"ncu_{which}.txt").write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
+            print(res.stdout[-6000:], flush=True)
+        except Exception as exc:  # noqa: BLE001
+            print(f"ncu {which}: {exc}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="darts,ncu,scan,lstm")
+    ap.add_argument("--ncu-target", default="")
+    args = ap.parse_args()
+    KF._ORIG_LOAD, KF._ORIG_PREC = KF.load, KF._prec
+    if args.ncu_target:
+        ncu_target(args.ncu_target)
+        return
+    log(f"probe on {device_name()}")
+    for part in args.parts.split(","):
+        try:
+            {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu}[part]()
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+        (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))
+
+
+if __name__ == "__main__":
+    main()
