@@ -81,20 +81,29 @@ def meaningful(graph) -> bool:
     return "x" in graph.live_nodes() and output_reads_params(graph)
 
 
-def random_cells(name: str, n: int, seed: int = 0, keep=None, exclude: set[str] = frozenset()) -> list[tuple[str, object]]:
-    """`n` distinct random cells of a space (fewer if the space has fewer), seeded per space."""
+def random_candidates(name: str, n: int, seed: int = 0, keep=None,
+                      exclude: set[str] = frozenset()) -> list[tuple[dict[str, int], object]]:
+    """`n` distinct random cells of a space (fewer if the space has fewer), seeded per space,
+    each with the assignment it came from: a small, picklable recipe that a worker process
+    (scan.py --check-workers) turns back into the same cell with `space(name).instantiate`."""
     sp = space(name)
     rng = random.Random(f"{name}:{seed}")
     out, seen = [], set(exclude)
     for _ in range(50 * n + 50):
         if len(out) >= n:
             break
-        g = sp.instantiate(sp.sample(rng))
+        a = sp.sample(rng)
+        g = sp.instantiate(a)
         if g.short_hash in seen or (keep is not None and not keep(g)):
             continue
         seen.add(g.short_hash)
-        out.append((f"{name}#{len(out)}", g))
+        out.append((dict(a), g))
     return out
+
+
+def random_cells(name: str, n: int, seed: int = 0, keep=None, exclude: set[str] = frozenset()) -> list[tuple[str, object]]:
+    """`n` distinct random cells of a space (fewer if the space has fewer), seeded per space."""
+    return [(f"{name}#{i}", g) for i, (_, g) in enumerate(random_candidates(name, n, seed, keep, exclude))]
 
 
 def linear_depth(graph) -> int:

@@ -5,13 +5,19 @@ and the fused sequential kernel.
     python benchmarks/scan.py --data .bench_data/input.txt --quick  # a small subset (~2-3 min)
     python benchmarks/scan.py --smoke      # everything at tiny sizes on the CPU, TRITON_INTERPRET=1
     python benchmarks/scan.py --only lstm,darts                     # some sections
+    python benchmarks/scan.py --only check --cells 30 --check-workers 12   # the check on 12 cores
 
 Sections (in run order; each measurement is guarded: a failure is an ERROR row and the
 run goes on):
   check   correctness in fp32 (no tf32) and bf16 of backend="triton" against
           backend="reference" in float64 (values and every parameter's and the input's
           gradient): LSTM, GRU, minGRU, DARTS V2, and --cells random cells of every space
-          in searchspaces/ (cells unstable in float64 itself are skipped and counted)
+          in searchspaces/ (cells unstable in float64 itself are skipped and counted).
+          Nearly all of its time is Triton compilation, CPU-bound on one core:
+          --check-workers N runs the cells in N spawned processes (12 on a 16-core
+          machine); rows, their order and the --check-budget-s cut are as with 0 (in
+          this process); a worker that crashes or passes --check-item-timeout-s on a
+          cell gives an ERROR row for it
   lstm    DSL LSTM (triton) vs torch.nn.LSTM (cuDNN), fwd+bwd, fp32 / fp32+tf32 / bf16
   darts   DARTS V2 cell fwd+bwd fp32: triton vs the reference eager loop vs torch.compile
   mingru  the scan: copy bandwidth, scan forward / fwd+bwd, scan vs the eager loop, a
@@ -40,10 +46,15 @@ if "--smoke" in sys.argv:  # must precede importing triton (through nas.kernels)
     os.environ["TRITON_INTERPRET"] = "1"
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import math  # noqa: E402
+import multiprocessing  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+from collections import deque  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from multiprocessing.connection import wait  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,51 +103,328 @@ def _status_of(exc: BaseException) -> str:
     return f"ERROR {error_text(exc)}"
 
 
+# ---- check: what to run, in which order, and where ------------------------------------------
+@dataclass
+class _Item:
+    """One F.check_cell call: a named cell at one size, or candidate `j` of a space's random
+    cells. `graph` stays in this process; a worker gets `wire()` and rebuilds the cell."""
+    label: str
+    graph: object
+    size: tuple[int, int, int]
+    name: str | None = None  # a named cell (F.named_cells), or:
+    space: str | None = None  # a random cell: its space, candidate index and assignment
+    j: int = -1
+    assignment: dict | None = None
+    seq: int = 0  # dispatch number (named rows keep this order)
+
+    def wire(self) -> tuple:
+        """Picklable and small: the cell's name or (space, assignment), and its hash to verify."""
+        return (self.label, self.name, self.space, self.assignment, self.graph.short_hash, self.size)
+
+
+def _error_row(label: str, cell_hash: str, size: tuple[int, int, int], status: str) -> dict:
+    return {"cell": label, "hash": cell_hash, "size": "x".join(map(str, size)), "dtype": "-", "status": status}
+
+
+def _mark_known_fails(rows: list[dict]) -> None:
+    """The Triton interpreter's tl.dot is wrong on bf16 operands (at HEAD too): FAIL* under --smoke."""
+    for r in rows:
+        if r["status"] == "FAIL" and r.get("dtype") == "bfloat16" and r.get("kind") == "fused":
+            r["status"] = "FAIL*"
+
+
+def _is_slot(entry) -> bool:
+    """A queued random-cell slot that the budget may cut (not a named cell, not a replacement)."""
+    return isinstance(entry, tuple) and entry[0] == "slot"
+
+
+class _Plan:
+    """The check's work list and how results map back to rows, as the sequential loop had it:
+    named cells (never cut by the budget), then one slot (k, space) per random cell, round-robin
+    over the spaces. A slot takes its space's next candidate when it is dispatched; a candidate
+    whose output is identically zero puts a replacement slot for its space at the front (exempt
+    from the budget: a started slot is finished). Per space the non-degenerate results, in
+    candidate order, fill slots 0, 1, ... and are labelled `space#k`; so at most `cells` per space
+    are ever checked, with or without a pool. Slots still queued at the end were cut by the budget."""
+
+    def __init__(self, named: list, sizes: list, cands: dict[str, list], cells: int, B: int, T: int, H: int,
+                 smoke: bool):
+        self.cands, self.cells, self.size, self.smoke = cands, cells, (B, T, H), smoke
+        self.queue: deque = deque(_Item(name, g, s, name=name) for name, g in named for s in sizes)
+        self.queue += [("slot", sp) for _ in range(cells) for sp in cands]
+        self.named_rows: dict[int, list[dict]] = {}
+        self.results: dict[str, dict[int, list[dict] | None]] = {sp: {} for sp in cands}
+        self.next_j = {sp: 0 for sp in cands}
+        self.degenerate, self.seq = 0, 0
+
+    def next(self, past_budget: bool) -> _Item | None:
+        """The next item to start; past the budget only named cells and replacement slots."""
+        while True:
+            pos = next((i for i, e in enumerate(self.queue) if not (past_budget and _is_slot(e))), None)
+            if pos is None:
+                return None
+            e = self.queue[pos]
+            del self.queue[pos]
+            if isinstance(e, _Item):
+                item = e
+            else:
+                sp, j = e[1], self.next_j[e[1]]
+                if j >= len(self.cands[sp]):
+                    continue  # the space has no candidate left: the slot stays empty (as before)
+                self.next_j[sp] += 1
+                a, g = self.cands[sp][j]
+                item = _Item(f"{sp} candidate {j}", g, self.size, space=sp, j=j, assignment=a)
+            item.seq, self.seq = self.seq, self.seq + 1
+            return item
+
+    def slot_of(self, sp: str, j: int) -> int | None:
+        """Candidate j's slot, once every earlier candidate of its space has a result."""
+        done = self.results[sp]
+        if any(i not in done for i in range(j)):
+            return None
+        return sum(done[i] is not None for i in range(j))
+
+    def done(self, item: _Item, rows: list[dict]) -> None:
+        statuses = ", ".join(f"{r.get('dtype')} {r['status']}" for r in rows)
+        if item.name is not None:
+            self.named_rows[item.seq] = rows
+            log(f"check {item.name} {'x'.join(map(str, item.size))}: {statuses}")
+            return
+        sp, j, h = item.space, item.j, item.graph.short_hash
+        if rows[0]["status"] == F.DEGENERATE:
+            self.degenerate += 1
+            self.results[sp][j] = None
+            self.queue.appendleft(("again", sp))
+            log(f"check {sp} candidate {j} ({h}): degenerate, replaced by the next candidate")
+            return
+        if self.smoke:
+            _mark_known_fails(rows)
+            statuses = ", ".join(f"{r.get('dtype')} {r['status']}" for r in rows)
+        self.results[sp][j] = rows
+        k = self.slot_of(sp, j)
+        log(f"check {sp}#{k} ({h}): {statuses}" if k is not None else f"check {sp} candidate {j} ({h}): {statuses}")
+
+    def rows(self) -> tuple[list[dict], list[dict], dict[str, int]]:
+        """Named rows in dispatch order; random rows round-robin by slot, labelled `space#k`."""
+        named = [r for s in sorted(self.named_rows) for r in self.named_rows[s]]
+        good = {sp: [rs for _, rs in sorted(res.items()) if rs is not None][:self.cells]
+                for sp, res in self.results.items()}
+        rand = []
+        for k in range(self.cells):
+            for sp, got in good.items():
+                if k < len(got):
+                    rand += [dict(r, cell=f"{sp}#{k}") for r in got[k]]
+        return named, rand, {sp: len(got) for sp, got in good.items()}
+
+    def cut(self) -> int:
+        return sum(1 for e in self.queue if not isinstance(e, _Item))
+
+
+class _Inline:
+    """--check-workers 0: each item runs in this process, one after another (as before)."""
+
+    def __init__(self, device):
+        self.device, self.item = device, None
+
+    def idle(self) -> bool:
+        return self.item is None
+
+    def busy(self) -> bool:
+        return self.item is not None
+
+    def submit(self, item: _Item) -> None:
+        self.item = item
+
+    def collect(self) -> list[tuple[_Item, list[dict]]]:
+        item, self.item = self.item, None
+        return [(item, F.check_cell(item.label, item.graph, *item.size, self.device))]
+
+    def close(self) -> None:
+        pass
+
+
+@functools.cache
+def _named_graph(name: str):
+    return dict(F.named_cells())[name]
+
+
+def _check_wire(wire: tuple, device) -> list[dict]:
+    """In a worker: rebuild the cell (the same one: its hash is compared) and check it."""
+    label, name, sp, assignment, cell_hash, (B, T, H) = wire
+    graph = _named_graph(name) if name is not None else F.space(sp).instantiate(assignment)
+    if graph.short_hash != cell_hash:
+        raise RuntimeError(f"the worker rebuilt cell {graph.short_hash}, not {cell_hash}")
+    return F.check_cell(label, graph, B, T, H, device)
+
+
+def _check_worker(conn, device: str) -> None:
+    """A spawned worker: one item at a time from `conn` until None or the pipe closes.
+    One thread (N workers share the cores); tf32 off as in main()."""
+    torch.set_num_threads(1)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device(device)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        seq, wire = msg
+        try:
+            rows = _check_wire(wire, dev)
+        except Exception as exc:  # noqa: BLE001 - an ERROR row, the worker goes on
+            rows = [_error_row(wire[0], wire[4], wire[5], _status_of(exc))]
+        conn.send((seq, rows))
+
+
+class _Pool:
+    """--check-workers N: N spawned processes (CUDA cannot fork), one item each at a time, so
+    N Triton compilations run at once. A worker that dies, or runs past `timeout_s` on one
+    item (then it is killed), gives that item an ERROR row; a new worker takes its place when
+    there is more work. Workers inherit the environment (TRITON_INTERPRET) and sys.path."""
+
+    def __init__(self, n: int, device, timeout_s: float):
+        self.ctx = multiprocessing.get_context("spawn")
+        self.device, self.timeout_s = str(device), timeout_s
+        self.workers: list = [self._start() for _ in range(n)]
+        self.jobs: dict[int, tuple[_Item, float]] = {}  # worker index -> (item, start time)
+        self.ready: list[tuple[_Item, list[dict]]] = []
+
+    def _start(self):
+        here, there = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_check_worker, args=(there, self.device), daemon=True)
+        proc.start()
+        there.close()
+        return proc, here
+
+    def idle(self) -> bool:
+        return len(self.jobs) < len(self.workers)
+
+    def busy(self) -> bool:
+        return bool(self.jobs) or bool(self.ready)
+
+    def submit(self, item: _Item) -> None:
+        w = next(i for i in range(len(self.workers)) if i not in self.jobs)
+        if self.workers[w] is None or not self.workers[w][0].is_alive():
+            self._drop(w)
+            self.workers[w] = self._start()
+        try:
+            self.workers[w][1].send((item.seq, item.wire()))
+        except (OSError, ValueError) as exc:  # the worker is gone already
+            self._drop(w)
+            self.ready.append((item, [self._error(item, f"ERROR worker unreachable: {error_text(exc)}")]))
+            return
+        self.jobs[w] = (item, time.perf_counter())
+
+    @staticmethod
+    def _error(item: _Item, status: str) -> dict:
+        return _error_row(item.label, item.graph.short_hash, item.size, status)
+
+    def _drop(self, w: int) -> None:
+        """Kill worker w (if alive) and forget it; the next submit to slot w starts a new one."""
+        if self.workers[w] is None:
+            return
+        proc, conn = self.workers[w]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        conn.close()
+        self.workers[w] = None
+
+    def _finish(self, w: int) -> tuple[_Item, list[dict]]:
+        """Worker w's result, or an ERROR row if it died without one."""
+        item, _ = self.jobs.pop(w)
+        proc, conn = self.workers[w]
+        try:
+            if conn.poll():
+                seq, rows = conn.recv()
+                if seq == item.seq:
+                    return item, rows
+        except (EOFError, OSError):
+            pass
+        proc.join(5)
+        self._drop(w)
+        return item, [self._error(item, f"ERROR worker died (exit code {proc.exitcode})")]
+
+    def collect(self) -> list[tuple[_Item, list[dict]]]:
+        """Results as they come (at least one), and the items that timed out."""
+        out, self.ready = self.ready, []
+        while not out and self.jobs:
+            now = time.perf_counter()
+            wake = min(t for _, t in self.jobs.values()) + self.timeout_s
+            watch = {}
+            for w in self.jobs:
+                watch[self.workers[w][1]] = w
+                watch[self.workers[w][0].sentinel] = w
+            for w in {watch[obj] for obj in wait(list(watch), timeout=max(0.0, min(wake - now, 30.0)))}:
+                out.append(self._finish(w))
+            for w, (item, t) in list(self.jobs.items()):
+                if time.perf_counter() - t > self.timeout_s:
+                    self.jobs.pop(w)
+                    self._drop(w)
+                    out.append((item, [self._error(item, f"ERROR timed out after {self.timeout_s:.0f} s "
+                                                         "(--check-item-timeout-s)")]))
+        return out
+
+    def close(self) -> None:
+        for w, entry in enumerate(self.workers):
+            if entry is not None and w not in self.jobs:
+                try:
+                    entry[1].send(None)
+                except (OSError, ValueError):
+                    pass
+        for w, entry in enumerate(self.workers):
+            if entry is not None:
+                entry[0].join(0 if w in self.jobs else 10)
+                self._drop(w)
+
+
+def _drive(plan: _Plan, ex, t0: float, budget_s: float) -> None:
+    """Keep the executor busy in plan order until nothing is left that may start."""
+    while True:
+        while ex.idle():
+            item = plan.next(time.perf_counter() - t0 > budget_s)
+            if item is None:
+                break
+            ex.submit(item)
+        if not ex.busy():
+            return
+        for item, rows in ex.collect():
+            plan.done(item, rows)
+
+
 # ---- sections ------------------------------------------------------------------------------
-def sec_check(cfg: dict, device, cells: int, budget_s: float, smoke: bool) -> dict:
+def sec_check(cfg: dict, device, cells: int, budget_s: float, smoke: bool, workers: int = 0,
+              item_timeout_s: float = 300.0) -> dict:
     """Named cells at each size, then random cells round-robin over the spaces (cell 0 of every
-    space, then cell 1, ...) until `cells` per space or `budget_s` seconds for the section."""
+    space, then cell 1, ...) until `cells` per space or `budget_s` seconds for the section (no
+    random cell starts later). `workers` > 0: in that many spawned processes (see _Pool)."""
     t0 = time.perf_counter()
-    rows: list[dict] = []
     named = F.named_cells()
-    for name, graph in named:
-        for (B, T, H) in cfg["check_named"]:
-            got = F.check_cell(name, graph, B, T, H, device)
-            rows += got
-            log(f"check {name} {B}x{T}x{H}: " + ", ".join(f"{r.get('dtype')} {r['status']}" for r in got))
     exclude = {g.short_hash for _, g in named}
-    pools, per_space, degenerate, cut = {}, {}, 0, 0
+    cands, space_errors = {}, []
     for sp in F.SPACES:
         try:  # candidates to spare: a cell whose output stays exactly zero is replaced
-            pools[sp] = iter(F.random_cells(sp, 3 * cells, seed=0, keep=F.meaningful, exclude=exclude))
-            per_space[sp] = 0
+            cands[sp] = F.random_candidates(sp, 3 * cells, seed=0, keep=F.meaningful, exclude=exclude)
         except Exception as exc:  # noqa: BLE001
-            rows.append({"cell": f"{sp}#?", "status": _status_of(exc)})
-    B, T, H = cfg["check_random"]
-    for k in range(cells):
-        for sp, pool in pools.items():
-            if time.perf_counter() - t0 > budget_s:
-                cut += 1
-                continue
-            for _, graph in pool:
-                got = F.check_cell(f"{sp}#{k}", graph, B, T, H, device)
-                if got[0]["status"] == F.DEGENERATE:
-                    degenerate += 1
-                    continue
-                if smoke:  # the Triton interpreter's tl.dot is wrong on bf16 operands (HEAD too)
-                    for r in got:
-                        if r["status"] == "FAIL" and r.get("dtype") == "bfloat16" and r.get("kind") == "fused":
-                            r["status"] = "FAIL*"
-                rows += got
-                per_space[sp] += 1
-                log(f"check {sp}#{k} ({graph.short_hash}): " + ", ".join(f"{r.get('dtype')} {r['status']}" for r in got))
-                break
+            space_errors.append({"cell": f"{sp}#?", "status": _status_of(exc)})
+    plan = _Plan(named, cfg["check_named"], cands, cells, *cfg["check_random"], smoke)
+    if workers > 0:
+        if smoke:  # the workers import triton afresh: they must interpret too
+            os.environ["TRITON_INTERPRET"] = "1"
+        log(f"check: {workers} worker processes (spawn), item timeout {item_timeout_s:.0f} s")
+    ex = _Pool(workers, device, item_timeout_s) if workers > 0 else _Inline(device)
+    try:
+        _drive(plan, ex, t0, budget_s)
+    finally:
+        ex.close()
+    named_rows, random_rows, per_space = plan.rows()
+    rows = named_rows + space_errors + random_rows
     if smoke:
-        for r in rows:
-            if r["status"] == "FAIL" and r.get("dtype") == "bfloat16" and r.get("kind") == "fused":
-                r["status"] = "FAIL*"
-    return {"rows": rows, "random_per_space": per_space, "degenerate_replaced": degenerate,
-            "cut_by_budget": cut, "budget_s": budget_s}
+        _mark_known_fails(rows)
+    return {"rows": rows, "random_per_space": per_space, "degenerate_replaced": plan.degenerate,
+            "cut_by_budget": plan.cut(), "budget_s": budget_s}
 
 
 def sec_lstm(cfg: dict, device) -> list[dict]:
@@ -507,6 +795,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trial-steps", type=int, default=None)
     ap.add_argument("--check-budget-s", type=float, default=150.0,
                     help="stop adding random cells to the correctness check after this many seconds of it")
+    ap.add_argument("--check-workers", type=int, default=0,
+                    help="run the correctness check's cells in this many spawned worker processes (Triton "
+                         "compilation is CPU-bound, one core each): e.g. 12 on a 16-core machine; 0 = in this "
+                         "process, one after another")
+    ap.add_argument("--check-item-timeout-s", type=float, default=300.0,
+                    help="with --check-workers: a cell still running after this many seconds is an ERROR row "
+                         "(its worker is killed and replaced)")
     ap.add_argument("--deadline-s", type=float, default=400.0,
                     help="past this many seconds, skip the optional eager/torch.compile timings of random cells")
     args = ap.parse_args(argv)
@@ -536,7 +831,8 @@ def main(argv: list[str] | None = None) -> None:
         log(f"== {sec}")
         try:
             if sec == "check":
-                res[sec] = sec_check(cfg, device, args.cells or cfg["cells"], args.check_budget_s, args.smoke)
+                res[sec] = sec_check(cfg, device, args.cells or cfg["cells"], args.check_budget_s, args.smoke,
+                                     args.check_workers, args.check_item_timeout_s)
             elif sec == "lstm":
                 res[sec] = sec_lstm(cfg, device)
             elif sec == "darts":
