@@ -9,6 +9,7 @@ darts  DARTS V2 (64, 512, 512) fp32: forward alone and forward+backward, for blo
        matmul precisions (ieee, tf32, tf32x3) and source variants of the generated kernel
        (no grid barrier: wrong results, timing only; K-loops fully unrolled)
 lstm   the DSL LSTM at (256, 256, 1024) in fp32+tf32 and bf16 for block choices, with cuDNN
+tune   split-K (KS) and tile choices for every case of the issue's tables (rule vs variants)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
        LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt
 """
@@ -183,7 +184,7 @@ def time_variants(label: str, graph, B: int, T: int, H: int, dtype, allow_tf32: 
                 fb_ms = do_bench(fb, warmup=10, rep=150, return_mode="median")
                 blk = KF.choose_blocks(model.layers[0].spec, B, H, torch.device("cuda"), dtype)
                 rows.append([label, v.name, f"{blk['BLOCK_B']},{blk['BLOCK_H']},{blk['BLOCK_K']},{blk['num_warps']}"
-                             f" NPC={blk['NPC']}x{blk['NB']}", f_ms, fb_ms, fb_ms / base if base else "-"])
+                             f" KS={blk['KS']} NPC={blk['NPC']}x{blk['NB']}", f_ms, fb_ms, fb_ms / base if base else "-"])
                 model = fb = None
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
@@ -217,6 +218,41 @@ def part_lstm() -> None:
                           cudnn=True)
     emit("LSTM (256, 256, 1024) fused kernel variants", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
                                                          "/ cuDNN"], rows)
+
+
+def _vs(specs: str) -> list[Variant]:
+    """'name=blocks[@prec]' items separated by ';' ('rule' = no override)."""
+    out = []
+    for item in specs.split(";"):
+        name, _, rest = item.partition("=")
+        blocks, _, prec = rest.partition("@")
+        out.append(Variant(name, blocks=blocks, prec=prec))
+    return out
+
+
+def part_tune() -> None:
+    """Split-K (KS) and tile choices for the block rule, every case of the issue's tables."""
+    lstm, v2 = space("lstm").instantiate({}), darts_v2()
+    cases = [
+        ("darts_v2 64x512x512 fp32", v2, (64, 512, 512), torch.float32, False, False,
+         "rule=;KS2=16,16,32,4,0,2;KS1=16,16,32,4,0,1;w8KS4=16,16,32,8,0,4;w8KS8=16,16,32,8,0,8;BK16KS4=16,16,16,4,0,4"),
+        ("darts_v2 64x512x512 tf32", v2, (64, 512, 512), torch.float32, True, False, "rule=;KS1=16,16,32,4,0,1"),
+        ("lstm 256x256x1024 tf32", lstm, (256, 256, 1024), torch.float32, True, True,
+         "rule=;128x16w8=128,16,32,8;128x16w4=128,16,32,4;64x32w4=64,32,32,4;64x32w8KS2=64,32,32,8,0,2;"
+         "32x32KS2=32,32,32,4,0,2;128x16w8KS2=128,16,32,8,0,2"),
+        ("lstm 256x256x1024 bf16", lstm, (256, 256, 1024), torch.bfloat16, False, True,
+         "rule=;128x16w8=128,16,64,8;64x32w4=64,32,64,4;128x16w8BK32=128,16,32,8;64x32w8KS2=64,32,64,8,0,2"),
+        ("lstm 256x256x1024 fp32", lstm, (256, 256, 1024), torch.float32, False, True, "rule=;128x16w8=128,16,32,8"),
+        ("lstm 64x512x512 fp32", lstm, (64, 512, 512), torch.float32, False, True, "rule=;KS1=16,16,32,4,0,1"),
+        ("lstm 64x512x512 tf32", lstm, (64, 512, 512), torch.float32, True, True, "rule=;KS1=16,16,32,4,0,1"),
+        ("lstm 64x512x512 bf16", lstm, (64, 512, 512), torch.bfloat16, False, True, "rule=;KS1=16,16,32,4,0,1"),
+        ("lstm 16x512x256 fp32", lstm, (16, 512, 256), torch.float32, False, True, "rule=;KS1=16,16,32,4,0,1"),
+        ("lstm 16x512x256 bf16", lstm, (16, 512, 256), torch.bfloat16, False, True, "rule=;KS1=16,16,32,4,0,1"),
+    ]
+    rows = []
+    for label, g, (B, T, H), dtype, on, cudnn, specs in cases:
+        rows += time_variants(label, g, B, T, H, dtype, on, _vs(specs), cudnn=cudnn)
+        emit("Split-K and tiles (so far)", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
 
 
 def ncu_target(which: str) -> None:
@@ -264,7 +300,7 @@ def main() -> None:
     log(f"probe on {device_name()}")
     for part in args.parts.split(","):
         try:
-            {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu}[part]()
+            {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))

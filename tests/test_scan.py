@@ -113,3 +113,47 @@ def test_auto_falls_back_and_triton_raises_where_triton_cannot_run(monkeypatch) 
     assert out.shape == (2, 4, 4)
     with pytest.raises(RuntimeError, match="need a CUDA device"):
         build_rnn(graph, 3, 4, backend="triton")(x)
+
+
+@pytest.mark.parametrize("T", [1, 5, 8, 17, 24])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("time_major", [False, True])
+def test_scan_tile_edges_and_no_h0(monkeypatch, T: int, with_h0: bool, time_major: bool) -> None:
+    """Small fixed tiles (BLOCK_T 8, BLOCK_D 4, D = 6 not a multiple) put T == 1, T < BLOCK_T,
+    T == BLOCK_T, T not a multiple and a multiple of BLOCK_T through the forward's prefetch and
+    the backward; h0 = None runs the kernels' zero-carry path (no gradient for h0)."""
+    import triton
+
+    import nas.kernels.scan as ks
+
+    def fixed(T_: int, D_: int) -> tuple[int, int, int]:
+        return 8, 4, triton.cdiv(T_, 8)
+
+    monkeypatch.setattr(ks, "_fwd_blocks", fixed)
+    monkeypatch.setattr(ks, "_blocks", fixed)
+    torch.manual_seed(T)
+    B, D = 3, 6
+    shape = (T, B, D) if time_major else (B, T, D)
+    a = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, D, dtype=torch.float64, requires_grad=True) if with_h0 else None
+    h = ks.linear_scan(a, b, h0, time_major=time_major)
+    if time_major:
+        r = linear_scan_reference(a.transpose(0, 1), b.transpose(0, 1), h0).transpose(0, 1)
+    else:
+        r = linear_scan_reference(a, b, h0)
+    assert rel(h, r) < 1e-12
+    g = torch.randn_like(h)
+    inputs = (a, b, h0) if with_h0 else (a, b)
+    for x, y in zip(torch.autograd.grad((h * g).sum(), inputs), torch.autograd.grad((r * g).sum(), inputs)):
+        assert rel(x, y) < 1e-12
+
+
+def test_scan_empty_sequence() -> None:
+    a = torch.rand(2, 0, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 0, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    h = linear_scan(a, b, h0)
+    assert h.shape == (2, 0, 4)
+    ga, gb, gh0 = torch.autograd.grad(h.sum(), (a, b, h0))
+    assert ga.shape == a.shape and gb.shape == b.shape and torch.equal(gh0, torch.zeros_like(h0))

@@ -111,9 +111,29 @@ def _sigmoid(x):
 
 @triton.jit
 def _tanh(x):
-    e = tl.exp(-2.0 * tl.abs(x))
+    # (1 - e) / (1 + e) cancels for small |x| (relative error ~3e-8 / |x| in fp32): there an
+    # odd polynomial (Taylor to x^11 in fp64, Cephes tanhf's in fp32), only mul/add so the
+    # interpreter runs it too
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
     r = (1.0 - e) / (1.0 + e)
+    s = a * a
+    if x.dtype == tl.float64:
+        p = a + a * s * (-0.3333333333333333 + s * (0.13333333333333333 + s * (-0.05396825396825397
+                        + s * (0.021869488536155203 - s * 0.008863235529902197))))
+        r = tl.where(a < 0.0625, p, r)
+    else:
+        p = a + a * s * (-3.33332819422e-1 + s * (1.33314422036e-1 + s * (-5.37397155531e-2
+                        + s * (2.06390887954e-2 - s * 5.70498872745e-3))))
+        r = tl.where(a < 0.625, p, r)
     return tl.where(x < 0.0, -r, r)
+
+
+@triton.jit
+def _log1p(y):
+    # log(1 + y) accurate for small y (Goldberg: log(u) * y / (u - 1), u = 1 + y)
+    u = 1.0 + y
+    return tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
 
 
 @triton.jit
@@ -134,7 +154,7 @@ def _silu_grad(x):
 
 @triton.jit
 def _softplus(x):
-    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x))))
 
 
 @triton.jit
@@ -241,6 +261,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "mb = rb < B")
         e(ind, "cols = tl.arange(0, BLOCK_H)")
         e(ind, "kk = tl.arange(0, BLOCK_K)")
+        e(ind, "ks = tl.arange(0, KS)")
         e(ind, f"XW = {NX} * H")
         e(ind, f"SW = {NS} * H")
         e(ind, f"LW = {max(NL, 1)} * H")
@@ -268,6 +289,13 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "mk = ck < H")
         e(ind, "ma = mb[:, None] & mk[None, :]")
         e(ind, "mw = mk[:, None] & mj[None, :]")
+
+    def k_head3(ind: int) -> None:
+        """Split K: slice s of the KS slices covers columns [s*NK*BLOCK_K, (s+1)*NK*BLOCK_K)."""
+        e(ind, "ck = (ks * (NK * BLOCK_K) + k * BLOCK_K)[:, None] + kk[None, :]  # (KS, BLOCK_K)")
+        e(ind, "mk = ck < H")
+        e(ind, "ma = mb[None, :, None] & mk[:, None, :]  # (KS, BLOCK_B, BLOCK_K)")
+        e(ind, "mw = mk[:, :, None] & mj[None, None, :]  # (KS, BLOCK_K, BLOCK_H)")
 
     def values(ind: int, need: set[str], k: int, forward: bool) -> None:
         """Loads and recomputes, per column block, every value in `need`."""
@@ -301,20 +329,43 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     # ---- forward kernel --------------------------------------------------------------------
     wt_args = "".join(f"WT{w}, " for w in range(len(spec.wsrcs)))
     consts_sig = ("B, T, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, "
-                  "JPP: tl.constexpr, NK: tl.constexpr, NPC: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr")
+                  "JPP: tl.constexpr, NK: tl.constexpr, NPC: tl.constexpr, KS: tl.constexpr, ACC: tl.constexpr, "
+                  "PREC: tl.constexpr")
     e(0, "@triton.jit")
     e(0, f"def fwd(XP, S, PRE, V, BAR, {wt_args}{consts_sig}):")
     prologue(1)
     e(1, "for t in range(T):")
     rows(2)
 
-    def src_load(w: int, ind: int, name: str) -> None:
+    def col3(slot: int) -> str:
+        return f"({slot} * H + ck)[:, None, :]"
+
+    def src_load(w: int, ind: int, name: str, split: bool) -> None:
         src = spec.wsrcs[w]
-        if src in states:
-            e(ind, f"{name} = tl.load(S + prow + {col(states.index(src), 'ck')}, mask=ma, other=0.0, "
-                   "cache_modifier='.cg')")
-        else:
-            e(ind, f"{name} = tl.load(V + vrow + {col(v_slot[src], 'ck')}, mask=ma, other=0.0, cache_modifier='.cg')")
+        base, slot = ("S + prow", states.index(src)) if src in states else ("V + vrow", v_slot[src])
+        where = f"{base}[None, :, :] + {col3(slot)}" if split else f"{base} + {col(slot, 'ck')}"
+        e(ind, f"{name} = tl.load({where}, mask=ma, other=0.0, cache_modifier='.cg')")
+
+    def forward_products(ind: int, pparts, split: bool) -> None:
+        """The pass's linears' recurrent products; with `split`, K is cut into KS slices whose
+        partial products (each warp's own) are summed once after the loop."""
+        lins = sorted({li for li, _, _ in pparts})
+        for li in lins if split else []:
+            e(ind, f"p{li} = tl.zeros([KS, BLOCK_B, BLOCK_H], dtype=ACC)")
+        e(ind, "for k in range(NK):")
+        (k_head3 if split else k_head)(ind + 1)
+        for w in sorted({w for _, w, _ in pparts}):
+            src_load(w, ind + 1, f"a{w}", split)
+        for li, w, row in pparts:
+            ld = spec.wrows[spec.wsrcs[w]]
+            acc = f"p{li}" if split else var[spec.linears[li]]
+            rows_ = "ck[:, :, None]" if split else "ck[:, None]"
+            cols_ = f"({row} * H + cj)[None, None, :]" if split else f"({row} * H + cj)[None, :]"
+            e(ind + 1, f"w_ = tl.load(WT{w} + {rows_} * ({ld} * H) + {cols_}, mask=mw, other=0.0)")
+            e(ind + 1, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
+        for li in lins if split else []:
+            lv = var[spec.linears[li]]
+            e(ind, f"{lv} = {lv} + tl.sum(p{li}, axis=0)")
 
     for k in range(P):
         e(2, f"# pass {k}")
@@ -325,15 +376,10 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             e(3, f"{var[spec.linears[li]]} = tl.load(XP + xrow + {col(li)}, mask=m2, other=0.0).to(ACC)")
         pparts = spec.pass_parts(k)
         if pparts:
-            e(3, "for k in range(NK):")
-            k_head(4)
-            for w in sorted({w for _, w, _ in pparts}):
-                src_load(w, 4, f"a{w}")
-            for li, w, row in pparts:
-                ld = spec.wrows[spec.wsrcs[w]]
-                lv = var[spec.linears[li]]
-                e(4, f"w_ = tl.load(WT{w} + ck[:, None] * ({ld} * H) + ({row} * H + cj)[None, :], mask=mw, other=0.0)")
-                e(4, f"{lv} = tl.dot(a{w}, w_, acc={lv}, input_precision=PREC, out_dtype=ACC)")
+            e(3, "if KS == 1:")
+            forward_products(4, pparts, split=False)
+            e(3, "else:")
+            forward_products(4, pparts, split=True)
         for li in lins:
             e(3, f"tl.store(PRE + lrow + {col(li)}, {var[spec.linears[li]]}.to(PRE.dtype.element_ty), mask=m2)")
         chain_k = [c for c in spec.chain if stage[c] == k]
@@ -376,6 +422,23 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             e(ind, f"tl.store({ptr}, ({value}){cast}, mask=m2)")
         else:
             e(ind, f"tl.store({ptr}, (tl.load({ptr}, mask=m2, other=0.0).to(ACC) + {value}){cast}, mask=m2)")
+
+    def backward_products(ind: int, w: int, mine, split: bool) -> None:
+        """c<w> = sum of dpre @ W over the pass's linears that read source w (split as forward)."""
+        acc = f"p{w}" if split else f"c{w}"
+        e(ind, f"{acc} = tl.zeros([KS, BLOCK_B, BLOCK_H], dtype=ACC)" if split else f"{acc} = zero")
+        e(ind, "for k in range(NK):")
+        (k_head3 if split else k_head)(ind + 1)
+        for li in sorted({li for li, _ in mine}):
+            where = f"DXP + xrow[None, :, :] + {col3(li)}" if split else f"DXP + xrow + {col(li, 'ck')}"
+            e(ind + 1, f"d{li} = tl.load({where}, mask=ma, other=0.0, cache_modifier='.cg')")
+        for li, row in mine:
+            where = (f"W{w} + ({row} * H + ck)[:, :, None] * H + cj[None, None, :]" if split
+                     else f"W{w} + ({row} * H + ck)[:, None] * H + cj[None, :]")
+            e(ind + 1, f"w_ = tl.load({where}, mask=mw, other=0.0)")
+            e(ind + 1, f"{acc} = tl.dot(d{li}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
+        if split:
+            e(ind, f"c{w} = tl.sum({acc}, axis=0)")
 
     for k in reversed(range(P)):
         ev_a = ("A", k)
@@ -450,14 +513,10 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         for w in sorted({w for _, w, _ in pparts}):
             src = spec.wsrcs[w]
             mine = [(li, row) for li, ww, row in pparts if ww == w]
-            e(3, f"c{w} = zero")
-            e(3, "for k in range(NK):")
-            k_head(4)
-            for li in sorted({li for li, _ in mine}):
-                e(4, f"d{li} = tl.load(DXP + xrow + {col(li, 'ck')}, mask=ma, other=0.0, cache_modifier='.cg')")
-            for li, row in mine:
-                e(4, f"w_ = tl.load(W{w} + ({row} * H + ck)[:, None] * H + cj[None, :], mask=mw, other=0.0)")
-                e(4, f"c{w} = tl.dot(d{li}, w_, acc=c{w}, input_precision=PREC, out_dtype=ACC)")
+            e(3, "if KS == 1:")
+            backward_products(4, w, mine, split=False)
+            e(3, "else:")
+            backward_products(4, w, mine, split=True)
             write_acc(3, "state" if src in states else "gv", src, f"c{w}", ("B", k))
         e(2, "tl.debug_barrier()")
     return "\n".join(e.lines) + "\n"

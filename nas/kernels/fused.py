@@ -47,7 +47,8 @@ ACC_BUDGET = 8192  # fp32 accumulator elements per program in one pass (register
 
 
 def _tuning_override() -> tuple[int, ...] | None:
-    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES]" pins the blocks (benchmarks, tuning)."""
+    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS]]" pins the blocks (benchmarks,
+    tuning; STAGES 0 = Triton's default, KS = K slices, a power of two)."""
     text = os.environ.get("NAS_FUSED_BLOCKS", "").strip()
     if not text:
         return None
@@ -55,9 +56,22 @@ def _tuning_override() -> tuple[int, ...] | None:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
         vals = ()
-    if len(vals) not in (4, 5):
-        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES]")
+    if len(vals) not in (4, 5, 6) or (len(vals) == 6 and vals[5] & (vals[5] - 1)):
+        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS]]")
     return vals
+
+
+def k_slices(bb: int, bh: int, warps: int, H: int, bk: int, nl: int = 1) -> int:
+    """How many slices K is cut into, each warp summing its own (then one reduction per pass).
+
+    A 16x16 tile gives each of 4 warps too little independent work: the fp32 FMA chains stall
+    on their own latency (ncu, H200, 2026-12-01: 1 warp per scheduler issuing every 3.6
+    cycles) and an MMA tile of 16 rows keeps only one warp busy. Slicing K so that every warp
+    owns a whole tile's partial product restores it: KS = warps / (tiles of 256 outputs)."""
+    ks = max(1, min(warps, warps * 256 // max(1, bb * bh)))
+    while ks > 1 and (ks * bk > triton.next_power_of_2(H) or ks * bb * bh * nl > ACC_BUDGET):
+        ks //= 2
+    return ks
 
 
 def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None = None,
@@ -71,37 +85,56 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     within one program per multiprocessor (all resident, which the barrier needs). The most
     programs win (counted in eighths of the chip: 128 and 132 programs tie), then the taller
     batch tile (fewer weight re-reads from L2), then the wider column block. 16-bit inputs in
-    64-row tiles take K blocks of 64 (fp32 ones run out of shared memory there). Batches
-    with more tiles than multiprocessors run NPC = 1. Tuning runs: benchmarks/fused_tune.py.
+    tiles of 64 rows or more take K blocks of 64 (fp32 ones run out of shared memory there);
+    tf32 may use 128-row tiles. On the matrix units (bf16, fp16, tf32) a small tile's warps
+    each sum a slice of K (`k_slices`): DARTS V2 (64, 512, 512) tf32 51.6 ms vs 63.5 with one
+    slice, LSTM (64, 512, 512) tf32 10.4 vs 15.8 ms. Plain fp32 (FMA) keeps one slice: its
+    3-D products were slower there (DARTS V2 120 ms with 4 slices vs 73). Batches with more
+    tiles than multiprocessors run NPC = 1. Tuning runs: benchmarks/fused_probe.py --parts
+    tune, benchmarks/fused_tune.py.
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
         n_values = spec.extra.get("n_values", 0)
         bh = max(MIN_BLOCK, min(triton.next_power_of_2(H), MAX_BLOCK_H if n_values <= 48 else MAX_BLOCK_H // 2))
-        return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=bh, BLOCK_K=bh, JPP=cdiv(H, bh), NK=cdiv(H, bh), NPC=1,
+        ks = 2 if H > bh else 1  # both K paths run in the CPU tests: one slice, and two
+        return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=bh, BLOCK_K=bh, JPP=cdiv(H, bh), NK=cdiv(H, ks * bh), NPC=1, KS=ks,
                     NB=cdiv(B, MIN_BLOCK), num_warps=4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     pinned = _tuning_override()
     nl = max(1, spec.max_linears_per_pass())
+    wide_k = dtype in (torch.bfloat16, torch.float16)
+    mma = wide_k or _prec(dtype) == "tf32"
     if pinned is not None:
         choices = [pinned]
     else:
-        bmax = max(MIN_BLOCK, min(64, triton.next_power_of_2(B)))
-        wide_k = dtype in (torch.bfloat16, torch.float16)
-        choices = [(bb, bh, 64 if (wide_k and bb == 64) else 32, 4 if bb * bh <= 1024 else 8)
-                   for bh in (32, 16) for bb in (64, 32, 16)
+        bmax = max(MIN_BLOCK, min(128 if _prec(dtype) == "tf32" else 64, triton.next_power_of_2(B)))
+        choices = [(bb, bh, 64 if (wide_k and bb >= 64) else 32, _warps(bb, bh, mma))
+                   for bh in (32, 16) for bb in (128, 64, 32, 16)
                    if bb <= bmax and (bb * bh * nl <= ACC_BUDGET or bb * bh == MIN_BLOCK * MIN_BLOCK)]
     best, best_key = None, None
-    for bb, bh, bk, warps, *stages in choices:
+    for bb, bh, bk, warps, *extra in choices:
         nb, nj = cdiv(B, bb), cdiv(H, bh)
         npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
+        ks = extra[1] if len(extra) > 1 and extra[1] else (k_slices(bb, bh, warps, H, bk, nl) if mma else 1)
         key = (min(nb * npc, sms) // max(1, sms // 8), bb, bh)
         if best_key is None or key > best_key:
             best_key = key
-            best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, bk), NPC=npc, NB=nb,
-                        num_warps=warps, **({"num_stages": stages[0]} if stages else {}))
+            best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, ks * bk), NPC=npc, KS=ks,
+                        NB=nb, num_warps=warps, **({"num_stages": extra[0]} if extra and extra[0] else {}))
     assert best is not None
     return best
+
+
+def _warps(bb: int, bh: int, mma: bool) -> int:
+    """Matrix units: one warp per 16-row strip (4 to 8; small tiles give the spare warps K
+    slices). FMA (fp32 without tf32): 4 warps up to 1024 outputs, else 8. Measured on the
+    H200, 2026-12-01 (benchmarks/fused_probe.py --parts tune): LSTM (256, 256, 1024) tf32
+    128x16 tiles with 8 warps 33.0 ms vs 64x32 with 8 warps 41.8; bf16 64x32 with 4 warps
+    17.2 vs 8 warps 18.6."""
+    if mma:
+        return max(4, min(8, bb // 16))
+    return 4 if bb * bh <= 1024 else 8
 
 
 def safe_blocks(B: int, H: int, device: torch.device) -> dict:
@@ -110,7 +143,7 @@ def safe_blocks(B: int, H: int, device: torch.device) -> dict:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
     return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=32, JPP=triton.cdiv(nj, npc), NK=triton.cdiv(H, 32),
-                NPC=npc, NB=nb, num_warps=4)
+                NPC=npc, KS=1, NB=nb, num_warps=4)
 
 
 def _run(kernel, blocks: dict, fallback: dict, bar: torch.Tensor, bar_at: int, *args, **const) -> None:
