@@ -178,9 +178,15 @@ def nas(*args: str, **kw) -> subprocess.CompletedProcess:
                           timeout=300, **kw)
 
 
+def _interruptible() -> None:
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: give the child the default, as a terminal would
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nas", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+                            text=True, cwd=ROOT, preexec_fn=_interruptible)
 
 
 def wait_for(pred, timeout: float = 120.0, proc: subprocess.Popen | None = None):
