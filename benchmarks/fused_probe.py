@@ -3,12 +3,14 @@ probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.
 
     python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu]
 
-scan   the forward scan kernel over (BLOCK_T, BLOCK_D, warps) and with the next tile's loads
-       issued before the current tile's scan, against the device-to-device copy
+scan   the forward scan kernel (it prefetches the next tile) over (BLOCK_T, BLOCK_D, warps),
+       against the device-to-device copy
 darts  DARTS V2 (64, 512, 512) fp32: forward alone and forward+backward, for block choices,
        matmul precisions (ieee, tf32, tf32x3) and source variants of the generated kernel
        (no grid barrier: wrong results, timing only; K-loops fully unrolled)
 lstm   the DSL LSTM at (256, 256, 1024) in fp32+tf32 and bf16 for block choices, with cuDNN
+fp32   candidates for DARTS V2 in strict fp32 (wider tiles, tf32x3 with K slices);
+       no correctness check: run `fused_tune.py --check-cells darts_v2` on a winner
 tune   split-K (KS) and tile choices for every case of the issue's tables (rule vs variants)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
        LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt
@@ -47,38 +49,6 @@ def emit(title: str, headers: list[str], rows: list[list]) -> None:
 
 
 # ---- scan ----------------------------------------------------------------------------------
-@triton.jit
-def _scan_fwd_prefetch(A, Bv, H0, Hout, T, D, SB, ST, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                       N_TILES: tl.constexpr, ACC: tl.constexpr):
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
-    base = pid_b.to(tl.int64) * SB
-    carry = tl.load(H0 + pid_b.to(tl.int64) * D + offs_d, mask=mask_d, other=0.0).to(ACC)
-    mask = (rows[:, None] < T) & mask_d[None, :]
-    ptr = base + rows[:, None].to(tl.int64) * ST + offs_d[None, :]
-    a_n = tl.load(A + ptr, mask=mask, other=1.0)
-    b_n = tl.load(Bv + ptr, mask=mask, other=0.0)
-    for i in range(N_TILES):
-        a = a_n.to(ACC)
-        b = b_n.to(ACC)
-        t = i * BLOCK_T + rows
-        cur_mask = (t[:, None] < T) & mask_d[None, :]
-        cur_ptr = base + t[:, None].to(tl.int64) * ST + offs_d[None, :]
-        tn = t + BLOCK_T
-        n_mask = (tn[:, None] < T) & mask_d[None, :]
-        n_ptr = base + tn[:, None].to(tl.int64) * ST + offs_d[None, :]
-        a_n = tl.load(A + n_ptr, mask=n_mask, other=1.0)
-        b_n = tl.load(Bv + n_ptr, mask=n_mask, other=0.0)
-        ca, cb = tl.associative_scan((a, b), 0, KS._combine)
-        h = ca * carry[None, :] + cb
-        tl.store(Hout + cur_ptr, h.to(Hout.dtype.element_ty), mask=cur_mask)
-        last = tl.minimum(T - i * BLOCK_T, BLOCK_T) - 1
-        carry = tl.sum(tl.where(rows[:, None] == last, h, 0.0), axis=0)
-
-
 def part_scan() -> None:
     B, D, T = 16, 1024, 4096
     n = B * D * T
@@ -96,7 +66,7 @@ def part_scan() -> None:
         tb = 3 * n * a.element_size() / lib_ms / 1e9
         rows.append([f"linear_scan {str(dtype)[6:]}", "lib", "-", "-", lib_ms, tb, tb / copy_tbps, "-"])
         h = torch.empty_like(b)
-        for kern_name, kern in (("plain", KS._scan_fwd), ("prefetch", _scan_fwd_prefetch)):
+        for kern_name, kern in (("fwd", KS._scan_fwd),):  # 2026-12-01 also the pre-prefetch kernel: RESULTS.md
             for bt in (64, 128, 256):
                 for bd in (16, 32, 64, 128):
                     for warps in ((4, 8) if dtype == torch.float32 else (4,)):
@@ -255,6 +225,15 @@ def part_tune() -> None:
         emit("Split-K and tiles (so far)", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
 
 
+def part_fp32() -> None:
+    """Candidates for DARTS V2 in strict fp32 (queued for the next device session)."""
+    variants = [Variant("rule"), Variant("16x32", blocks="16,32,32,4,0,1"), Variant("16x32 w8", blocks="16,32,32,8,0,1"),
+                Variant("tf32x3 KS4", blocks="16,16,32,4,0,4", prec="tf32x3"),
+                Variant("tf32x3 KS2", blocks="16,16,32,4,0,2", prec="tf32x3")]
+    rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+    emit("DARTS V2 strict fp32 candidates", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+
+
 def ncu_target(which: str) -> None:
     """One forward+backward (the launches ncu profiles)."""
     if which == "darts":
@@ -300,7 +279,8 @@ def main() -> None:
     log(f"probe on {device_name()}")
     for part in args.parts.split(","):
         try:
-            {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune}[part]()
+            {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune,
+             "fp32": part_fp32}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))

@@ -52,7 +52,7 @@ import multiprocessing  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-from collections import deque  # noqa: E402
+from collections import Counter, deque  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from multiprocessing.connection import wait  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -217,7 +217,9 @@ class _Plan:
         return named, rand, {sp: len(got) for sp, got in good.items()}
 
     def cut(self) -> int:
-        return sum(1 for e in self.queue if not isinstance(e, _Item))
+        """Queued slots that had a candidate left (a space with fewer cells than slots is not cut)."""
+        queued = Counter(e[1] for e in self.queue if not isinstance(e, _Item))
+        return sum(min(n, max(0, len(self.cands[sp]) - self.next_j[sp])) for sp, n in queued.items())
 
 
 class _Inline:

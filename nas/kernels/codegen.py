@@ -28,7 +28,10 @@ DARTS/ENAS, runs one pass after it):
        state in S, or a chain source written to V in an earlier pass); PRE is written, the
        elementwise graph of the pass runs in registers (values of earlier passes are
        recomputed from PRE, S and XP), chain sources go to V and next states to S[t+1];
-       then `_sync`: every program of the tile has finished the pass.
+       then `_sync`: every program of the tile has finished the pass. With KS > 1 (the
+       matrix units, see `choose_blocks`) the K-loop runs 3-D products: slice s of KS
+       covers one KS-th of the columns, each warp accumulates its own slice, and the slices
+       are summed once after the loop (phase B below does the same).
   bwd: for t = T-1 .. 0, for each pass k from the last: phase A, per owned block: reload
        and recompute, run the pass's elementwise graph backwards (derivative code per
        op), write its linears' dpre to DXP, and add gradients for values of earlier

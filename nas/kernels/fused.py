@@ -62,12 +62,14 @@ def _tuning_override() -> tuple[int, ...] | None:
 
 
 def k_slices(bb: int, bh: int, warps: int, H: int, bk: int, nl: int = 1) -> int:
-    """How many slices K is cut into, each warp summing its own (then one reduction per pass).
+    """How many slices K is cut into on the matrix units, each warp summing its own (then one
+    reduction per pass).
 
-    A 16x16 tile gives each of 4 warps too little independent work: the fp32 FMA chains stall
-    on their own latency (ncu, H200, 2026-12-01: 1 warp per scheduler issuing every 3.6
-    cycles) and an MMA tile of 16 rows keeps only one warp busy. Slicing K so that every warp
-    owns a whole tile's partial product restores it: KS = warps / (tiles of 256 outputs)."""
+    A 16x16 tile gives each of 4 warps too little independent work (ncu, H200, 2026-12-01: one
+    warp per scheduler, issuing every 3.6 cycles), and an MMA tile of 16 rows keeps one warp
+    busy. Slicing K so that every warp owns a whole tile's partial product restores it: KS =
+    warps / (tiles of 256 outputs), halved while the partial sums would exceed ACC_BUDGET
+    (they spill: 300-680 ms instead of 17-33 at (256, 256, 1024)) or a slice would be empty."""
     ks = max(1, min(warps, warps * 256 // max(1, bb * bh)))
     while ks > 1 and (ks * bk > triton.next_power_of_2(H) or ks * bb * bh * nl > ACC_BUDGET):
         ks //= 2
