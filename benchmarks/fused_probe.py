@@ -40,6 +40,7 @@ from nas.compile import build_rnn  # noqa: E402
 from nas.kernels import scan as KS  # noqa: E402
 
 REPORT: list[str] = []
+_ORIGINAL = (KF.load, KF._prec)  # what `_patched` wraps and restores
 
 
 def emit(title: str, headers: list[str], rows: list[list]) -> None:
@@ -113,7 +114,7 @@ class Variant:
 def _patched(variant: Variant):
     """Install the variant: block override, precision and source transform of the generated kernel."""
     os.environ["NAS_FUSED_BLOCKS"] = variant.blocks
-    orig_load, orig_prec = KF.__dict__["_ORIG_LOAD"], KF.__dict__["_ORIG_PREC"]
+    orig_load, orig_prec = _ORIGINAL
     transform = SOURCE_VARIANTS[variant.source]
 
     def load(spec):
@@ -272,7 +273,6 @@ def main() -> None:
     ap.add_argument("--parts", default="darts,ncu,scan,lstm")
     ap.add_argument("--ncu-target", default="")
     args = ap.parse_args()
-    KF._ORIG_LOAD, KF._ORIG_PREC = KF.load, KF._prec
     if args.ncu_target:
         ncu_target(args.ncu_target)
         return

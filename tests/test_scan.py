@@ -126,11 +126,10 @@ def test_scan_tile_edges_and_no_h0(monkeypatch, T: int, with_h0: bool, time_majo
 
     import nas.kernels.scan as ks
 
-    def fixed(T_: int, D_: int) -> tuple[int, int, int]:
+    def fixed(T_: int, D_: int, elements: int) -> tuple[int, int, int]:
         return 8, 4, triton.cdiv(T_, 8)
 
-    monkeypatch.setattr(ks, "_fwd_blocks", fixed)
-    monkeypatch.setattr(ks, "_blocks", fixed)
+    monkeypatch.setattr(ks, "_tiles", fixed)
     torch.manual_seed(T)
     B, D = 3, 6
     shape = (T, B, D) if time_major else (B, T, D)

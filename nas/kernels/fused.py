@@ -105,12 +105,12 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     pinned = _tuning_override()
     nl = max(1, spec.max_linears_per_pass())
-    wide_k = dtype in (torch.bfloat16, torch.float16)
-    mma = wide_k or _prec(dtype) == "tf32"
+    wide_k, tf32 = dtype in (torch.bfloat16, torch.float16), _prec(dtype) == "tf32"
+    mma = wide_k or tf32
     if pinned is not None:
         choices = [pinned]
     else:
-        bmax = max(MIN_BLOCK, min(128 if _prec(dtype) == "tf32" else 64, triton.next_power_of_2(B)))
+        bmax = max(MIN_BLOCK, min(128 if tf32 else 64, triton.next_power_of_2(B)))
         choices = [(bb, bh, 64 if (wide_k and bb >= 64) else 32, _warps(bb, bh, mma))
                    for bh in (32, 16) for bb in (128, 64, 32, 16)
                    if bb <= bmax and (bb * bh * nl <= ACC_BUDGET or bb * bh == MIN_BLOCK * MIN_BLOCK)]

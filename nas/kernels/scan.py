@@ -3,7 +3,7 @@
 Forward and backward are Triton kernels built on `tl.associative_scan` over tiles of
 BLOCK_T time steps, with the carry passed from tile to tile, so any length works in one
 launch per direction. The forward prefetches: tile i+1's loads are issued before tile i's
-scan (its tiles and warps: `_fwd_blocks`, with the measurements). Inputs may be fp32, fp16 or
+scan (its tiles and warps: FWD_TILE, with the measurements). Inputs may be fp32, fp16 or
 bf16 (accumulation in fp32) or fp64 (in fp64). Without h0 the carry starts at zero in-kernel.
 The tile count is a compile-time constant (the interpreter needs constant loop bounds),
 so one kernel is compiled per distinct ceil(T / BLOCK_T): one per sequence length in practice.
@@ -133,13 +133,17 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _blocks(T: int, D: int) -> tuple[int, int, int]:
-    """Tiles of the backward kernel."""
+def _tiles(T: int, D: int, elements: int) -> tuple[int, int, int]:
+    """(BLOCK_T, BLOCK_D, number of tiles): 64 columns at most, BLOCK_T * BLOCK_D = `elements`
+    (BLOCK_T at most 256; 32 under the interpreter, whose tests stay small)."""
     block_d = min(64, triton.next_power_of_2(max(D, 1)))
-    block_t = min(128 if block_d >= 64 else 256, triton.next_power_of_2(max(T, 1)))
+    block_t = min(256, elements // block_d, triton.next_power_of_2(max(T, 1)))
     if interpreting():
         block_t = min(block_t, 32)
     return block_t, block_d, triton.cdiv(T, block_t)
+
+
+BWD_TILE = 8192  # the backward's tiles: 128 x 64 (its fwd+bwd target was met as it was)
 
 
 # The forward's tiles and warps. Measured (benchmarks/fused_probe.py, H200, 2026-12-01,
@@ -147,18 +151,8 @@ def _blocks(T: int, D: int) -> tuple[int, int, int]:
 # 3.95 TB/s, 95% of a device-to-device copy (4.15 TB/s); at 128 x 32 or 64 x 32 about 89%; the
 # forward before prefetch at the backward's 128 x 64, 86.5% (0.2246 ms). bf16: 0.197 ms vs 0.245 ms.
 # The prefetch keeps two tiles of a and b in registers, hence the smaller tile than the backward's.
-# A narrow D (BLOCK_D < 64, not measured) gets a longer tile of the same 4096 elements, at most 256.
-# The backward keeps `_blocks`: its fwd+bwd target was already met.
-FWD_NUM_WARPS = 4
-
-
-def _fwd_blocks(T: int, D: int) -> tuple[int, int, int]:
-    """Tiles of the forward kernel: (BLOCK_T, BLOCK_D, number of tiles)."""
-    block_d = min(64, triton.next_power_of_2(max(D, 1)))
-    block_t = min(min(256, 4096 // block_d), triton.next_power_of_2(max(T, 1)))
-    if interpreting():
-        block_t = min(block_t, 32)
-    return block_t, block_d, triton.cdiv(T, block_t)
+# A narrow D (BLOCK_D < 64, not measured) gets a longer tile of the same elements, at most 256.
+FWD_TILE, FWD_NUM_WARPS = 4096, 4
 
 
 def _layout(a: torch.Tensor, time_major: bool) -> tuple[int, int, int, int]:
@@ -178,7 +172,7 @@ class _LinearScan(torch.autograd.Function):
         h0 = h0.contiguous() if has_h0 else None
         B, T, D, sb, st = _layout(a, time_major)
         h = torch.empty_like(b)
-        block_t, block_d, n_tiles = _fwd_blocks(T, D)
+        block_t, block_d, n_tiles = _tiles(T, D, FWD_TILE)
         grid = (B, triton.cdiv(D, block_d))
         # without h0, `a` stands in for the H0 pointer, which the kernel then never reads
         _scan_fwd[grid](a, b, h0 if has_h0 else a, h, T, D, sb, st, BLOCK_T=block_t, BLOCK_D=block_d,
@@ -197,7 +191,7 @@ class _LinearScan(torch.autograd.Function):
         gh0 = torch.empty_like(h0) if has_h0 else None
         if T == 0:  # no tiles: the kernel would read a_0 of an empty tensor for dL/dh_0, which is 0
             return ga, gb, None if gh0 is None else gh0.zero_(), None
-        block_t, block_d, n_tiles = _blocks(T, D)
+        block_t, block_d, n_tiles = _tiles(T, D, BWD_TILE)
         grid = (B, triton.cdiv(D, block_d))
         # without h0, `a` stands in for the H0 and GH0 pointers, which the kernel then never touches
         _scan_bwd[grid](a, h, h0 if has_h0 else a, grad_h, ga, gb, gh0 if has_h0 else a, T, D, sb, st,
