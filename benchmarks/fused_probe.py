@@ -12,6 +12,7 @@ lstm   the DSL LSTM at (256, 256, 1024) in fp32+tf32 and bf16 for block choices,
 fp32   candidates for DARTS V2 in strict fp32 (wider tiles, tf32x3 with K slices);
        no correctness check: run `fused_tune.py --check-cells darts_v2` on a winner
 tune   split-K (KS) and tile choices for every case of the issue's tables (rule vs variants)
+kp     K split across a pair of programs (KP = 2) against the rule, DARTS V2 and the LSTM
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
        LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -155,7 +157,8 @@ def time_variants(label: str, graph, B: int, T: int, H: int, dtype, allow_tf32: 
                 fb_ms = do_bench(fb, warmup=10, rep=150, return_mode="median")
                 blk = KF.choose_blocks(model.layers[0].spec, B, H, torch.device("cuda"), dtype)
                 rows.append([label, v.name, f"{blk['BLOCK_B']},{blk['BLOCK_H']},{blk['BLOCK_K']},{blk['num_warps']}"
-                             f" KS={blk['KS']} NPC={blk['NPC']}x{blk['NB']}", f_ms, fb_ms, fb_ms / base if base else "-"])
+                             f" KS={blk['KS']} KP={blk['KP']} NPC={blk['NPC']}x{blk['NB']}", f_ms, fb_ms,
+                             fb_ms / base if base else "-"])
                 model = fb = None
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
@@ -228,11 +231,40 @@ def part_tune() -> None:
 
 def part_fp32() -> None:
     """Candidates for DARTS V2 in strict fp32 (queued for the next device session)."""
-    variants = [Variant("rule"), Variant("16x32", blocks="16,32,32,4,0,1"), Variant("16x32 w8", blocks="16,32,32,8,0,1"),
-                Variant("tf32x3 KS4", blocks="16,16,32,4,0,4", prec="tf32x3"),
-                Variant("tf32x3 KS2", blocks="16,16,32,4,0,2", prec="tf32x3")]
+    variants = [Variant("rule"), Variant("tf32x3 KS4", blocks="16,16,32,4,0,4", prec="tf32x3"),
+                Variant("tf32x3 KS2", blocks="16,16,32,4,0,2", prec="tf32x3"),
+                Variant("tf32x3 KS4 BK16", blocks="16,16,16,4,0,4", prec="tf32x3"),
+                Variant("tf32x3 KS2 KP2", blocks="16,16,32,4,0,2,2", prec="tf32x3"),
+                Variant("16x32 w8", blocks="16,32,32,8,0,1")]
     rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
     emit("DARTS V2 strict fp32 candidates", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+
+
+def part_kp() -> None:
+    """K split across a pair of programs (KP = 2: two programs per multiprocessor, each summing
+    half of K) against the rule, for DARTS V2 and the LSTM."""
+    lstm, v2 = space("lstm").instantiate({}), darts_v2()
+    cases = [
+        ("darts_v2 64x512x512 fp32", v2, (64, 512, 512), torch.float32, False, False,
+         "rule=;KP2=16,16,32,4,0,1,2;KP2 w2=16,16,32,2,0,1,2;KP2 w2 BK64=16,16,64,2,0,1,2;"
+         "KP2 w2 st2=16,16,32,2,2,1,2;KP2 w2 BK16=16,16,16,2,0,1,2;KP2 w1=16,16,32,1,0,1,2"),
+        ("lstm 64x512x512 fp32", lstm, (64, 512, 512), torch.float32, False, True,
+         "rule=;KP2=16,16,32,4,0,1,2;KP2 w2=16,16,32,2,0,1,2"),
+        ("lstm 16x512x256 fp32", lstm, (16, 512, 256), torch.float32, False, True,
+         "rule=;KP2=16,16,32,4,0,1,2;KP2 w2=16,16,32,2,0,1,2"),
+        ("lstm 256x256x1024 fp32", lstm, (256, 256, 1024), torch.float32, False, True,
+         "rule=;KP2 64x16w4=64,16,32,4,0,1,2"),
+        ("darts_v2 64x512x512 tf32", v2, (64, 512, 512), torch.float32, True, False,
+         "rule=;KP2 KS1=16,16,32,4,0,1,2;KP2 w2 KS2=16,16,32,2,0,2,2"),
+        ("lstm 64x512x512 tf32", lstm, (64, 512, 512), torch.float32, True, True, "rule=;KP2=16,16,32,4,0,0,2"),
+        ("lstm 64x512x512 bf16", lstm, (64, 512, 512), torch.bfloat16, False, True, "rule=;KP2=16,16,32,4,0,0,2"),
+        ("lstm 16x512x256 bf16", lstm, (16, 512, 256), torch.bfloat16, False, True, "rule=;KP2=16,16,32,4,0,0,2"),
+    ]
+    rows = []
+    for label, g, (B, T, H), dtype, on, cudnn, specs in cases:
+        rows += time_variants(label, g, B, T, H, dtype, on, _vs(specs), cudnn=cudnn)
+        emit("K split across program pairs (so far)", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"],
+             rows)
 
 
 def ncu_target(which: str) -> None:
@@ -276,11 +308,13 @@ def main() -> None:
     if args.ncu_target:
         ncu_target(args.ncu_target)
         return
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("nas.kernels.fused").setLevel(logging.INFO)  # fallbacks and residency
     log(f"probe on {device_name()}")
     for part in args.parts.split(","):
         try:
             {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune,
-             "fp32": part_fp32}[part]()
+             "fp32": part_fp32, "kp": part_kp}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))

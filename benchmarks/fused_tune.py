@@ -15,6 +15,7 @@ Prints markdown tables; writes $OUT/fused_tune.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import sys
@@ -143,6 +144,8 @@ def main() -> None:
     ap.add_argument("--check-cells", default="", help="comma-separated cell names to check (first size only)")
     ap.add_argument("--only", default="", help="comma-separated name:B:dtype cases, e.g. lstm:256:bfloat16")
     args = ap.parse_args()
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("nas.kernels.fused").setLevel(logging.INFO)  # fallbacks and residency
     check_rows = [] if args.skip_check else check(args.quick, args.check_cells)
     time_rows = timings(args.quick, args.variants.split(";"), args.only)
     report = "\n\n".join([

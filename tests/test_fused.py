@@ -203,3 +203,44 @@ def test_small_arguments_keep_fp32_accuracy() -> None:
     for a, b in ((o2, o1), (c2, c1)):
         worst = ((a.double() - b).abs() / b.abs().clamp_min(1e-300)).max().item()
         assert worst < 1e-5, worst
+
+
+def _gpu_rule(monkeypatch, sms: int = 132):
+    """choose_blocks as on a GPU with `sms` multiprocessors (the rule is plain arithmetic)."""
+    props = type("Props", (), {"multi_processor_count": sms})()
+    monkeypatch.setattr(fused, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.delenv("NAS_FUSED_BLOCKS", raising=False)
+    return lambda spec, B, H, dtype: fused.choose_blocks(spec, B, H, torch.device("cuda"), dtype)
+
+
+@pytest.mark.parametrize("name", ["lstm", "darts_ptb"])
+def test_block_rule_covers_every_column_and_row_within_the_chip(name: str, monkeypatch) -> None:
+    """Every (B, H) of the rule: the programs' K parts and slices cover H, the batch tiles cover
+    B, a K pair only where each program owns one column block, and never more programs than
+    the chip holds (one per SM, two for a pair)."""
+    rule = _gpu_rule(monkeypatch)
+    space = load_space(SPACES / f"{name}.cell")
+    spec = codegen.make_spec(make_plan(space.instantiate(space.sample(random.Random(3)))))
+    for dtype in (torch.float32, torch.bfloat16):
+        for B in (1, 5, 16, 64, 256, 3000):
+            for H in (16, 100, 256, 512, 1024):
+                b = rule(spec, B, H, dtype)
+                assert b["KP"] * b["KS"] * b["NK"] * b["BLOCK_K"] >= H
+                assert b["NB"] * b["BLOCK_B"] >= B and b["JPP"] * b["NPC"] * b["BLOCK_H"] >= H
+                assert b["KP"] == 1 or (b["KP"] == 2 and b["JPP"] == 1), b
+                assert b["NPC"] == 1 or b["NB"] * b["NPC"] <= 132, b
+    assert rule(spec, 16, 256, torch.float32)["KP"] == 2  # plain fp32: a K pair (measured faster)
+    assert rule(spec, 16, 256, torch.bfloat16)["KP"] == 1  # the matrix units: one program (the pair was slower)
+
+
+def test_block_override_is_checked(monkeypatch) -> None:
+    rule = _gpu_rule(monkeypatch)
+    spec = codegen.make_spec(make_plan(load_space(SPACES / "lstm.cell").instantiate({})))
+    monkeypatch.setenv("NAS_FUSED_BLOCKS", "16,16,32,4,0,1,2")
+    b = rule(spec, 64, 512, torch.float32)
+    assert (b["BLOCK_B"], b["BLOCK_H"], b["KS"], b["KP"], b["NK"]) == (16, 16, 1, 2, 8)
+    for bad in ("16,16,32,4,0,1,3", "16,16,32,4,0,3", "16,16,32", "a,b,c,d"):
+        monkeypatch.setenv("NAS_FUSED_BLOCKS", bad)
+        with pytest.raises(ValueError, match="NAS_FUSED_BLOCKS"):
+            rule(spec, 64, 512, torch.float32)

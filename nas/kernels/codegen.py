@@ -31,7 +31,10 @@ DARTS/ENAS, runs one pass after it):
        then `_sync`: every program of the tile has finished the pass. With KS > 1 (the
        matrix units, see `choose_blocks`) the K-loop runs 3-D products: slice s of KS
        covers one KS-th of the columns, each warp accumulates its own slice, and the slices
-       are summed once after the loop (phase B below does the same).
+       are summed once after the loop (phase B below does the same). With KP = 2 (plain
+       fp32) two programs share a column block, each summing half of K: the second
+       stores its partial sums in PRE, a `_sync`, and the first adds them and runs the
+       rest of the pass alone (phase B: through SCR, the same way).
   bwd: for t = T-1 .. 0, for each pass k from the last: phase A, per owned block: reload
        and recompute, run the pass's elementwise graph backwards (derivative code per
        op), write its linears' dpre to DXP, and add gradients for values of earlier
@@ -173,9 +176,10 @@ __all__ = ["FusedSpec", "SUPPORTED_OPS", "make_spec", "unsupported", "load", "ca
 _SYNC = '''
 @triton.jit
 def _sync(bar, epoch, NPC: tl.constexpr):
-    # The programs of one batch tile own disjoint hidden columns; a pass that reads every
-    # column waits here until all NPC of them have finished the previous pass. Only a grid
-    # whose programs are all resident may use NPC > 1 (see nas.kernels.fused.choose_blocks).
+    # The programs of one batch tile own disjoint hidden columns (a K pair shares them); a
+    # pass that reads every column waits here until all NPC of them have finished the previous
+    # pass (`epoch` counts the barriers passed). Only a grid whose programs are all resident
+    # may use NPC > 1 (see nas.kernels.fused.choose_blocks).
     tl.debug_barrier()
     if NPC > 1:
         tl.atomic_add(bar, 1, sem="release", scope="gpu")
@@ -203,6 +207,10 @@ class _Emitter:
 
     def __call__(self, indent: int, text: str) -> None:
         self.lines.append("    " * indent + text)
+
+    def guard(self, start: int, indent: int, condition: str) -> None:
+        """Put the lines emitted since `start` (at `indent` or deeper) under `if condition:`."""
+        self.lines[start:] = ["    " * indent + f"if {condition}:"] + ["    " + line for line in self.lines[start:]]
 
 
 def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one generator, read top-down
@@ -257,9 +265,13 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         return f"({slot} * H + {c})[None, :]"
 
     def prologue(ind: int) -> None:
+        e(ind, "tl.static_assert(KP == 1 or (KP == 2 and JPP == 1), 'K is split across 2 programs of one column block')")
         e(ind, "pid = tl.program_id(0)")
-        e(ind, "pid_b = pid // NPC")
-        e(ind, "pid_c = pid % NPC")
+        e(ind, "pid_k = pid % KP  # which part of K this program sums (KP > 1: the pair is combined per pass)")
+        e(ind, "pid_b = pid // (KP * NPC)")
+        e(ind, "pid_c = (pid // KP) % NPC")
+        e(ind, "kbase = pid_k * (KS * NK * BLOCK_K)")
+        e(ind, "ep = 0  # grid barriers passed")
         e(ind, "rb = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)")
         e(ind, "mb = rb < B")
         e(ind, "cols = tl.arange(0, BLOCK_H)")
@@ -288,14 +300,14 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)")
 
     def k_head(ind: int) -> None:
-        e(ind, "ck = k * BLOCK_K + kk")
+        e(ind, "ck = kbase + k * BLOCK_K + kk")
         e(ind, "mk = ck < H")
         e(ind, "ma = mb[:, None] & mk[None, :]")
         e(ind, "mw = mk[:, None] & mj[None, :]")
 
     def k_head3(ind: int) -> None:
-        """Split K: slice s of the KS slices covers columns [s*NK*BLOCK_K, (s+1)*NK*BLOCK_K)."""
-        e(ind, "ck = (ks * (NK * BLOCK_K) + k * BLOCK_K)[:, None] + kk[None, :]  # (KS, BLOCK_K)")
+        """Split K: slice s of the KS slices covers columns kbase + [s*NK*BLOCK_K, (s+1)*NK*BLOCK_K)."""
+        e(ind, "ck = (kbase + ks * (NK * BLOCK_K) + k * BLOCK_K)[:, None] + kk[None, :]  # (KS, BLOCK_K)")
         e(ind, "mk = ck < H")
         e(ind, "ma = mb[None, :, None] & mk[:, None, :]  # (KS, BLOCK_B, BLOCK_K)")
         e(ind, "mw = mk[:, :, None] & mj[None, None, :]  # (KS, BLOCK_K, BLOCK_H)")
@@ -332,8 +344,8 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     # ---- forward kernel --------------------------------------------------------------------
     wt_args = "".join(f"WT{w}, " for w in range(len(spec.wsrcs)))
     consts_sig = ("B, T, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, "
-                  "JPP: tl.constexpr, NK: tl.constexpr, NPC: tl.constexpr, KS: tl.constexpr, ACC: tl.constexpr, "
-                  "PREC: tl.constexpr")
+                  "JPP: tl.constexpr, NK: tl.constexpr, NPC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, "
+                  "ACC: tl.constexpr, PREC: tl.constexpr")
     e(0, "@triton.jit")
     e(0, f"def fwd(XP, S, PRE, V, BAR, {wt_args}{consts_sig}):")
     prologue(1)
@@ -375,14 +387,30 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(2, "for jj in range(JPP):")
         block_head(3)
         lins = spec.pass_linears(k)
+        pparts = spec.pass_parts(k)
         for li in lins:
             e(3, f"{var[spec.linears[li]]} = tl.load(XP + xrow + {col(li)}, mask=m2, other=0.0).to(ACC)")
-        pparts = spec.pass_parts(k)
         if pparts:
+            e(3, "if KP > 1:  # the other part of K starts from zero")
+            for li in lins:
+                lv = var[spec.linears[li]]
+                e(4, f"{lv} = tl.where(pid_k == 0, {lv}, 0.0)")
             e(3, "if KS == 1:")
             forward_products(4, pparts, split=False)
             e(3, "else:")
             forward_products(4, pparts, split=True)
+            e(3, "if KP > 1:  # the other part's partial sums reach pid_k 0 through PRE")
+            e(4, "if pid_k > 0:")
+            for li in lins:
+                e(5, f"tl.store(PRE + lrow + {col(li)}, {var[spec.linears[li]]}.to(PRE.dtype.element_ty), mask=m2)")
+            e(4, "ep += 1")
+            e(4, "_sync(bar, ep, NPC * KP)")
+        tail = len(e.lines)
+        if pparts:
+            e(3, "if KP > 1:")
+            for li in lins:
+                lv = var[spec.linears[li]]
+                e(4, f"{lv} = {lv} + tl.load(PRE + lrow + {col(li)}, mask=m2, other=0.0, cache_modifier='.cg').to(ACC)")
         for li in lins:
             e(3, f"tl.store(PRE + lrow + {col(li)}, {var[spec.linears[li]]}.to(PRE.dtype.element_ty), mask=m2)")
         chain_k = [c for c in spec.chain if stage[c] == k]
@@ -392,22 +420,23 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             e(3, f"tl.store(V + vrow + {col(v_slot[c])}, {var[c]}.to(V.dtype.element_ty), mask=m2)")
         for si, o in outs_k:
             e(3, f"tl.store(S + nrow + {col(si)}, {var[o]}.to(S.dtype.element_ty), mask=m2)")
-        e(2, f"_sync(bar, t * {P} + {k + 1}, NPC)  # pass {k} complete on every column")
+        e.guard(tail, 3, "pid_k == 0")
+        e(2, "ep += 1")
+        e(2, f"_sync(bar, ep, NPC * KP)  # pass {k} complete on every column")
     e(0, "")
 
     # ---- backward kernel -------------------------------------------------------------------
     w_args = "".join(f"W{w}, " for w in range(len(spec.wsrcs)))
     e(0, "@triton.jit")
-    e(0, f"def bwd(XP, S, PRE, V, DS, DXP, GV, GS, BAR, {w_args}{consts_sig}):")
+    e(0, f"def bwd(XP, S, PRE, V, DS, DXP, GV, GS, SCR, BAR, {w_args}{consts_sig}):")
     prologue(1)
     e(1, "grow = (rb * GW)[:, None]")
+    e(1, f"srow = (rb * {max(len(spec.wsrcs), 1)} * H)[:, None]  # SCR: the other part of K's sums (KP > 1)")
     e(1, "for r in range(T):")
     e(2, "t = T - 1 - r")
     rows(2)
     e(2, "gcur = (((t % 2) * B + rb) * SW)[:, None]  # d loss / d S[t], built during this step")
     e(2, "gnxt = ((((t + 1) % 2) * B + rb) * SW)[:, None]  # d loss / d S[t+1] through later steps")
-    barriers = [k for k in reversed(range(P)) if spec.pass_parts(k)]
-    nbar = max(len(barriers), 1)
     silent_states = [s for s in states if ("state", s) not in spec.events]
 
     def acc_ptr(kind: str, name: str, c: str = "cj") -> str:
@@ -448,6 +477,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(2, f"# pass {k}, phase A: the elementwise graph backwards")
         e(2, "for jj in range(JPP):")
         block_head(3)
+        phase_a = len(e.lines)
         elem_k = [n for n in order if stage[n] == k and nodes[n].op != "linear"]
         values(3, closure(elem_k), k, forward=False)
         have: set[str] = set()
@@ -505,22 +535,37 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         if k == 0:
             for s in silent_states:  # read by nothing: no gradient through this state
                 e(3, f"tl.store(GS + gcur + {col(states.index(s))}, zero, mask=m2)")
+        e.guard(phase_a, 3, "pid_k == 0")
         pparts = spec.pass_parts(k)
         if not pparts:
             e(2, "tl.debug_barrier()")
             continue
-        e(2, f"_sync(bar, r * {nbar} + {barriers.index(k) + 1}, NPC)  # every column's dpre before phase B")
+        e(2, "ep += 1")
+        e(2, "_sync(bar, ep, NPC * KP)  # every column's dpre before phase B")
         e(2, f"# pass {k}, phase B: dpre @ W to the sources of its linears")
         e(2, "for jj in range(JPP):")
         block_head(3)
-        for w in sorted({w for _, w, _ in pparts}):
-            src = spec.wsrcs[w]
+        srcs = sorted({w for _, w, _ in pparts})
+        for w in srcs:
             mine = [(li, row) for li, ww, row in pparts if ww == w]
             e(3, "if KS == 1:")
             backward_products(4, w, mine, split=False)
             e(3, "else:")
             backward_products(4, w, mine, split=True)
+        e(3, "if KP > 1:  # the other part's sums reach pid_k 0 through SCR")
+        e(4, "if pid_k > 0:")
+        for w in srcs:
+            e(5, f"tl.store(SCR + srow + {col(w)}, c{w}, mask=m2)")
+        e(4, "ep += 1")
+        e(4, "_sync(bar, ep, NPC * KP)")
+        tail = len(e.lines)
+        e(3, "if KP > 1:")
+        for w in srcs:
+            e(4, f"c{w} = c{w} + tl.load(SCR + srow + {col(w)}, mask=m2, other=0.0, cache_modifier='.cg')")
+        for w in srcs:
+            src = spec.wsrcs[w]
             write_acc(3, "state" if src in states else "gv", src, f"c{w}", ("B", k))
+        e.guard(tail, 3, "pid_k == 0")
         e(2, "tl.debug_barrier()")
     return "\n".join(e.lines) + "\n"
 

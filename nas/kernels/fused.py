@@ -18,7 +18,8 @@ fp32), or fp64 throughout (tests). fp32 matmuls use tf32 only where
 torch.backends.cuda.matmul.allow_tf32 is set (as torch).
 
 Blocks: `choose_blocks` (the rule, with its reasons). The column split needs every program
-of the grid resident at once (at most one per multiprocessor is launched); a GPU shared
+of the grid resident at once (at most one per multiprocessor is launched, or two where a
+pair of programs splits K and `_resident` finds that two fit); a GPU shared
 with other processes through MPS could break that, and the kernel would then wait
 forever: run such setups with backend="reference" or on a GPU of their own.
 """
@@ -47,8 +48,9 @@ ACC_BUDGET = 8192  # fp32 accumulator elements per program in one pass (register
 
 
 def _tuning_override() -> tuple[int, ...] | None:
-    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS]]" pins the blocks (benchmarks,
-    tuning; STAGES 0 = Triton's default, KS = K slices, a power of two)."""
+    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS[,KP]]]" pins the blocks
+    (benchmarks, tuning; STAGES 0 = Triton's default, KS = K slices per program, a power of two,
+    0 = the rule; KP = programs sharing one block's K, 1 or 2)."""
     text = os.environ.get("NAS_FUSED_BLOCKS", "").strip()
     if not text:
         return None
@@ -56,8 +58,10 @@ def _tuning_override() -> tuple[int, ...] | None:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
         vals = ()
-    if len(vals) not in (4, 5, 6) or (len(vals) == 6 and vals[5] & (vals[5] - 1)):
-        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS]]")
+    if (len(vals) not in (4, 5, 6, 7) or (len(vals) >= 6 and vals[5] & (vals[5] - 1))
+            or (len(vals) == 7 and vals[6] not in (1, 2))):
+        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS"
+                         "[,STAGES[,KS[,KP]]] (KS a power of two, KP 1 or 2)")
     return vals
 
 
@@ -91,9 +95,13 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     tf32 may use 128-row tiles. On the matrix units (bf16, fp16, tf32) a small tile's warps
     each sum a slice of K (`k_slices`): DARTS V2 (64, 512, 512) tf32 51.6 ms vs 63.5 with one
     slice, LSTM (64, 512, 512) tf32 10.4 vs 15.8 ms. Plain fp32 (FMA) keeps one slice: its
-    3-D products were slower there (DARTS V2 120 ms with 4 slices vs 73). Batches with more
-    tiles than multiprocessors run NPC = 1. Tuning runs: benchmarks/fused_probe.py --parts
-    tune, benchmarks/fused_tune.py.
+    3-D products were slower there (DARTS V2 120 ms with 4 slices vs 73); it splits K across a
+    pair of programs instead (KP = 2, two programs per multiprocessor where registers and
+    shared memory allow, checked at launch by `_resident`): LSTM (16, 512, 256) fp32 7.0 vs
+    8.6 ms, DARTS V2 (64, 512, 512) 71.8 vs 73.3; on the matrix units the pair was slower
+    (LSTM (64, 512, 512) bf16 12.3 vs 9.5 ms). Batches with more tiles than multiprocessors
+    run NPC = 1 (and KP = 1). Tuning runs: benchmarks/fused_probe.py --parts tune,kp,
+    benchmarks/fused_tune.py.
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
@@ -101,7 +109,7 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         bh = max(MIN_BLOCK, min(triton.next_power_of_2(H), MAX_BLOCK_H if n_values <= 48 else MAX_BLOCK_H // 2))
         ks = 2 if H > bh else 1  # both K paths run in the CPU tests: one slice, and two
         return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=bh, BLOCK_K=bh, JPP=cdiv(H, bh), NK=cdiv(H, ks * bh), NPC=1, KS=ks,
-                    NB=cdiv(B, MIN_BLOCK), num_warps=4)
+                    KP=1, NB=cdiv(B, MIN_BLOCK), num_warps=4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     pinned = _tuning_override()
     nl = max(1, spec.max_linears_per_pass())
@@ -119,11 +127,15 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         nb, nj = cdiv(B, bb), cdiv(H, bh)
         npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
         ks = extra[1] if len(extra) > 1 and extra[1] else (k_slices(bb, bh, warps, H, bk, nl) if mma else 1)
+        kp = extra[2] if len(extra) > 2 else (1 if mma else 2)
+        if kp > 1 and cdiv(nj, npc) > 1:
+            kp = 1  # a K pair combines one column block per pass
         key = (min(nb * npc, sms) // max(1, sms // 8), bb, bh)
         if best_key is None or key > best_key:
             best_key = key
-            best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, ks * bk), NPC=npc, KS=ks,
-                        NB=nb, num_warps=warps, **({"num_stages": extra[0]} if extra and extra[0] else {}))
+            best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, kp * ks * bk), NPC=npc,
+                        KS=ks, KP=kp, NB=nb, num_warps=warps,
+                        **({"num_stages": extra[0]} if extra and extra[0] else {}))
     assert best is not None
     return best
 
@@ -145,7 +157,7 @@ def safe_blocks(B: int, H: int, device: torch.device) -> dict:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
     return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=32, JPP=triton.cdiv(nj, npc), NK=triton.cdiv(H, 32),
-                NPC=npc, KS=1, NB=nb, num_warps=4)
+                NPC=npc, KS=1, KP=1, NB=nb, num_warps=4)
 
 
 def _run(kernel, blocks: dict, fallback: dict, bar: torch.Tensor, bar_at: int, *args, **const) -> None:
@@ -153,15 +165,50 @@ def _run(kernel, blocks: dict, fallback: dict, bar: torch.Tensor, bar_at: int, *
     shortage, once more with the smallest tiles."""
     for attempt in (blocks, fallback):
         meta = {k: v for k, v in attempt.items() if k != "NB"}
-        grid = (attempt["NB"] * attempt["NPC"],)
+        grid = (attempt["NB"] * attempt["NPC"] * attempt["KP"],)
+        call = (*args[:bar_at], bar[:attempt["NB"]], *args[bar_at:])
         try:
+            if attempt["KP"] > 1 and not _resident(kernel, grid[0], call, const, meta):
+                attempt = {**attempt, "KP": 1, "NK": attempt["NK"] * 2}
+                meta = {k: v for k, v in attempt.items() if k != "NB"}
+                grid = (attempt["NB"] * attempt["NPC"],)
             bar.zero_()
-            kernel[grid](*args[:bar_at], bar[:attempt["NB"]], *args[bar_at:], **const, **meta)
+            kernel[grid](*call, **const, **meta)
             return
         except OutOfResources:
             if attempt is fallback:
                 raise
             log.info("fused kernel: out of resources with %s; using the smallest tiles", attempt)
+
+
+_RESIDENT: dict[tuple, bool] = {}
+
+
+def _resident(kernel, programs: int, call: tuple, const: dict, meta: dict) -> bool:
+    """Whether `programs` programs of the compiled kernel fit on the GPU at once, which the grid
+    barrier needs (a K pair puts two programs on a multiprocessor: registers, shared memory and
+    warps must allow it). Anything unexpected answers no (the caller then keeps one per SM)."""
+    key = (id(kernel), programs, tuple(sorted(meta.items())), tuple(sorted((k, str(v)) for k, v in const.items())),
+           tuple(a for a in call if isinstance(a, int)), call[0].device.index, call[0].dtype)  # ints: specialisation
+    if key not in _RESIDENT:
+        try:
+            compiled = kernel.warmup(*call, grid=(programs,), **const, **meta)
+            compiled._init_handles()
+            props = torch.cuda.get_device_properties(call[0].device)
+            warps = meta["num_warps"]
+            regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256
+            by_regs = getattr(props, "regs_per_multiprocessor", 65536) // max(1, regs_per_warp * warps)
+            by_smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024) // (compiled.metadata.shared + 1024)
+            by_warps = props.max_threads_per_multi_processor // (32 * warps)
+            per_sm = min(by_regs, by_smem, by_warps)
+            _RESIDENT[key] = programs <= per_sm * props.multi_processor_count
+            log.info("fused kernel: %d regs, %d B shared, %d warps: %d programs per SM%s", compiled.n_regs,
+                     compiled.metadata.shared, warps, per_sm,
+                     "" if _RESIDENT[key] else f"; {programs} would not all be resident, K is not split")
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run must not launch a grid that may hang
+            log.info("fused kernel: residency unknown (%s: %s)", type(exc).__name__, exc)
+            _RESIDENT[key] = False
+    return _RESIDENT[key]
 
 
 def _acc(dtype: torch.dtype):
@@ -213,8 +260,9 @@ class _FusedSequence(torch.autograd.Function):
         ws = [w.contiguous() for w in weights]
         blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
         fallback = safe_blocks(B, H, xp.device) if xp.is_cuda else blocks
+        scr = torch.empty(B if blocks["KP"] > 1 else 1, max(len(ws), 1) * H, dtype=acc_dtype, device=xp.device)
         bar = torch.zeros(max(blocks["NB"], fallback["NB"]), dtype=torch.int32, device=xp.device)
-        _run(mod.bwd, blocks, fallback, bar, 8, xp, S, pre, V, dS, dxp, gv, gs, *ws, B, T, H, ACC=_acc(xp.dtype),
+        _run(mod.bwd, blocks, fallback, bar, 9, xp, S, pre, V, dS, dxp, gv, gs, scr, *ws, B, T, H, ACC=_acc(xp.dtype),
              PREC=_prec(xp.dtype))
         dh0 = (dS[0].to(acc_dtype) + gs[0]).to(xp.dtype)
         return (None, dxp, dh0, *_weight_grads(spec, dxp, S, V, H))
