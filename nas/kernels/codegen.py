@@ -31,8 +31,8 @@ DARTS/ENAS, runs one pass after it):
        then `_sync`: every program of the tile has finished the pass. With KS > 1 (the
        matrix units, see `choose_blocks`) the K-loop runs 3-D products: slice s of KS
        covers one KS-th of the columns, each warp accumulates its own slice, and the slices
-       are summed once after the loop (phase B below does the same). With KP = 2 (plain
-       fp32) two programs share a column block, each summing half of K: the second
+       are summed once after the loop (phase B below does the same). With KP = 2 (opt-in,
+       see `choose_blocks`) two programs share a column block, each summing half of K: the second
        stores its partial sums in PRE, a `_sync`, and the first adds them and runs the
        rest of the pass alone (phase B: through SCR, the same way).
   bwd: for t = T-1 .. 0, for each pass k from the last: phase A, per owned block: reload

@@ -95,13 +95,17 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     tf32 may use 128-row tiles. On the matrix units (bf16, fp16, tf32) a small tile's warps
     each sum a slice of K (`k_slices`): DARTS V2 (64, 512, 512) tf32 51.6 ms vs 63.5 with one
     slice, LSTM (64, 512, 512) tf32 10.4 vs 15.8 ms. Plain fp32 (FMA) keeps one slice: its
-    3-D products were slower there (DARTS V2 120 ms with 4 slices vs 73); it splits K across a
-    pair of programs instead (KP = 2, two programs per multiprocessor where registers and
-    shared memory allow, checked at launch by `_resident`): LSTM (16, 512, 256) fp32 7.0 vs
-    8.6 ms, DARTS V2 (64, 512, 512) 71.8 vs 73.3; on the matrix units the pair was slower
-    (LSTM (64, 512, 512) bf16 12.3 vs 9.5 ms). Batches with more tiles than multiprocessors
-    run NPC = 1 (and KP = 1). Tuning runs: benchmarks/fused_probe.py --parts tune,kp,
-    benchmarks/fused_tune.py.
+    3-D products were slower there (DARTS V2 120 ms with 4 slices vs 73). Batches with more
+    tiles than multiprocessors run NPC = 1. Tuning runs: benchmarks/fused_probe.py --parts
+    tune,kp, benchmarks/fused_tune.py.
+
+    K split across a pair of programs (KP = 2, two programs per multiprocessor where `_resident`
+    finds they fit) is opt-in through NAS_FUSED_BLOCKS, not the rule: faster in plain fp32 on
+    the H200 (LSTM (16, 512, 256) 7.0 vs 8.6 ms, DARTS V2 (64, 512, 512) 71.8 vs 73.3), slower
+    on the matrix units (LSTM (64, 512, 512) bf16 12.3 vs 9.5), and the one GPU check of 30
+    random cells per space that ran it (2026-12-01 23:45, 14 processes on one GPU) had one fp32
+    gradient off by 2.3e-3 (darts_ptb#8) that the same cell alone did not repeat. Until a
+    race check clears it, the rule keeps KP = 1.
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
@@ -127,7 +131,7 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         nb, nj = cdiv(B, bb), cdiv(H, bh)
         npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
         ks = extra[1] if len(extra) > 1 and extra[1] else (k_slices(bb, bh, warps, H, bk, nl) if mma else 1)
-        kp = extra[2] if len(extra) > 2 else (1 if mma else 2)
+        kp = extra[2] if len(extra) > 2 else 1  # K pairs: opt-in only (see the docstring)
         if kp > 1 and cdiv(nj, npc) > 1:
             kp = 1  # a K pair combines one column block per pass
         key = (min(nb * npc, sms) // max(1, sms // 8), bb, bh)
