@@ -223,14 +223,20 @@ def part_tune() -> None:
         ("lstm 16x512x256 fp32", lstm, (16, 512, 256), torch.float32, False, True, "rule=;KS1=16,16,32,4,0,1"),
         ("lstm 16x512x256 bf16", lstm, (16, 512, 256), torch.bfloat16, False, True, "rule=;KS1=16,16,32,4,0,1"),
     ]
+    run_cases("Split-K and tiles (so far)", cases)
+
+
+def run_cases(title: str, cases: list[tuple]) -> None:
+    """Time every case's variants, emitting the table after each case (a cut run keeps them)."""
     rows = []
     for label, g, (B, T, H), dtype, on, cudnn, specs in cases:
         rows += time_variants(label, g, B, T, H, dtype, on, _vs(specs), cudnn=cudnn)
-        emit("Split-K and tiles (so far)", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+        emit(title, ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
 
 
 def part_fp32() -> None:
-    """Candidates for DARTS V2 in strict fp32 (queued for the next device session)."""
+    """Candidates for DARTS V2 in strict fp32: tf32x3 with K slices, wider tiles (H200,
+    2026-12-01 23:15: none beat the rule's 73 ms; RESULTS.md)."""
     variants = [Variant("rule"), Variant("tf32x3 KS4", blocks="16,16,32,4,0,4", prec="tf32x3"),
                 Variant("tf32x3 KS2", blocks="16,16,32,4,0,2", prec="tf32x3"),
                 Variant("tf32x3 KS4 BK16", blocks="16,16,16,4,0,4", prec="tf32x3"),
@@ -260,11 +266,7 @@ def part_kp() -> None:
         ("lstm 64x512x512 bf16", lstm, (64, 512, 512), torch.bfloat16, False, True, "rule=;KP2=16,16,32,4,0,0,2"),
         ("lstm 16x512x256 bf16", lstm, (16, 512, 256), torch.bfloat16, False, True, "rule=;KP2=16,16,32,4,0,0,2"),
     ]
-    rows = []
-    for label, g, (B, T, H), dtype, on, cudnn, specs in cases:
-        rows += time_variants(label, g, B, T, H, dtype, on, _vs(specs), cudnn=cudnn)
-        emit("K split across program pairs (so far)", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"],
-             rows)
+    run_cases("K split across program pairs (so far)", cases)
 
 
 def ncu_target(which: str) -> None:

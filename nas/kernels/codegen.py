@@ -341,6 +341,21 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             else:
                 e(ind, f"{var[nid]} = {FWD[n.op](args)}")
 
+    def pair_exchange(sums: list[tuple[str, str, str]]) -> int:
+        """K pairs (KP = 2): the second program stores its partial sums (variable, where, cast),
+        a barrier, and the first adds them; returns where the first's rest of the pass starts."""
+        e(3, "if KP > 1:  # the second program's partial sums reach the first (pid_k 0)")
+        e(4, "if pid_k > 0:")
+        for name, where, cast in sums:
+            e(5, f"tl.store({where}, {name}{cast}, mask=m2)")
+        e(4, "ep += 1")
+        e(4, "_sync(bar, ep, NPC * KP)")
+        tail = len(e.lines)
+        e(3, "if KP > 1:")
+        for name, where, _ in sums:
+            e(4, f"{name} = {name} + tl.load({where}, mask=m2, other=0.0, cache_modifier='.cg').to(ACC)")
+        return tail
+
     # ---- forward kernel --------------------------------------------------------------------
     wt_args = "".join(f"WT{w}, " for w in range(len(spec.wsrcs)))
     consts_sig = ("B, T, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, "
@@ -399,18 +414,10 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             forward_products(4, pparts, split=False)
             e(3, "else:")
             forward_products(4, pparts, split=True)
-            e(3, "if KP > 1:  # the other part's partial sums reach pid_k 0 through PRE")
-            e(4, "if pid_k > 0:")
-            for li in lins:
-                e(5, f"tl.store(PRE + lrow + {col(li)}, {var[spec.linears[li]]}.to(PRE.dtype.element_ty), mask=m2)")
-            e(4, "ep += 1")
-            e(4, "_sync(bar, ep, NPC * KP)")
-        tail = len(e.lines)
-        if pparts:
-            e(3, "if KP > 1:")
-            for li in lins:
-                lv = var[spec.linears[li]]
-                e(4, f"{lv} = {lv} + tl.load(PRE + lrow + {col(li)}, mask=m2, other=0.0, cache_modifier='.cg').to(ACC)")
+            tail = pair_exchange([(var[spec.linears[li]], f"PRE + lrow + {col(li)}", ".to(PRE.dtype.element_ty)")
+                                  for li in lins])
+        else:
+            tail = len(e.lines)
         for li in lins:
             e(3, f"tl.store(PRE + lrow + {col(li)}, {var[spec.linears[li]]}.to(PRE.dtype.element_ty), mask=m2)")
         chain_k = [c for c in spec.chain if stage[c] == k]
@@ -552,16 +559,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             backward_products(4, w, mine, split=False)
             e(3, "else:")
             backward_products(4, w, mine, split=True)
-        e(3, "if KP > 1:  # the other part's sums reach pid_k 0 through SCR")
-        e(4, "if pid_k > 0:")
-        for w in srcs:
-            e(5, f"tl.store(SCR + srow + {col(w)}, c{w}, mask=m2)")
-        e(4, "ep += 1")
-        e(4, "_sync(bar, ep, NPC * KP)")
-        tail = len(e.lines)
-        e(3, "if KP > 1:")
-        for w in srcs:
-            e(4, f"c{w} = c{w} + tl.load(SCR + srow + {col(w)}, mask=m2, other=0.0, cache_modifier='.cg')")
+        tail = pair_exchange([(f"c{w}", f"SCR + srow + {col(w)}", "") for w in srcs])
         for w in srcs:
             src = spec.wsrcs[w]
             write_acc(3, "state" if src in states else "gv", src, f"c{w}", ("B", k))
