@@ -104,8 +104,10 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     the H200 (LSTM (16, 512, 256) 7.0 vs 8.6 ms, DARTS V2 (64, 512, 512) 71.8 vs 73.3), slower
     on the matrix units (LSTM (64, 512, 512) bf16 12.3 vs 9.5), and the one GPU check of 30
     random cells per space that ran it (2026-12-01 23:45, 14 processes on one GPU) had one fp32
-    gradient off by 2.3e-3 (darts_ptb#8) that the same cell alone did not repeat. Until a
-    race check clears it, the rule keeps KP = 1.
+    gradient off by 2.3e-3 (darts_ptb#8) that the same cell alone did not repeat. The pair's
+    logic is exact on the CPU with concurrent programs (tests/test_fused.py, that cell
+    included), so what is left is GPU memory order or a flake; until a GPU race check clears
+    it, the rule keeps KP = 1.
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
