@@ -45,10 +45,6 @@ def space(name: str):
     return load_space(ROOT / "searchspaces" / f"{name}.cell")
 
 
-DARTS_V2 = (("sigmoid", 0), ("relu", 1), ("relu", 1), ("identity", 1),
-            ("tanh", 2), ("sigmoid", 5), ("tanh", 3), ("relu", 5))
-
-
 def darts_v2():
     """The DARTS V2 recurrent cell (Liu et al. 2019) as a graph of searchspaces/darts_ptb.cell."""
     sp = space("darts_ptb")

@@ -175,7 +175,7 @@ def _run(kernel, blocks: dict, fallback: dict, bar: torch.Tensor, bar_at: int, *
         call = (*args[:bar_at], bar[:attempt["NB"]], *args[bar_at:])
         try:
             if attempt["KP"] > 1 and not _resident(kernel, grid[0], call, const, meta):
-                attempt = {**attempt, "KP": 1, "NK": attempt["NK"] * 2}
+                attempt = {**attempt, "KP": 1, "NK": attempt["NK"] * attempt["KP"]}  # one program sums all of K
                 meta = {k: v for k, v in attempt.items() if k != "NB"}
                 grid = (attempt["NB"] * attempt["NPC"],)
             bar.zero_()

@@ -71,10 +71,6 @@ class FusedSpec:
     def max_linears_per_pass(self) -> int:
         return max((len(self.pass_linears(k)) for k in range(self.passes)), default=0)
 
-    def backward_barriers(self) -> list[int]:
-        """The passes whose phase B reads other programs' columns (a grid barrier before it)."""
-        return [k for k in range(self.passes) if self.pass_parts(k)]
-
 
 def unsupported(plan: CellPlan) -> str | None:
     """None if the fused kernels support this cell, else why not."""
