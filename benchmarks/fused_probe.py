@@ -247,26 +247,29 @@ def part_fp32() -> None:
 
 
 def part_kp() -> None:
-    """K split across a pair of programs (KP = 2: two programs per multiprocessor, each summing
-    half of K) against the rule, for DARTS V2 and the LSTM."""
+    """K groups (KP programs share a column block over a tile of KP * BLOCK_B rows, each summing
+    one KP-th of K, then each finishing its own BLOCK_B rows) against the rule."""
     lstm, v2 = space("lstm").instantiate({}), darts_v2()
     cases = [
         ("darts_v2 64x512x512 fp32", v2, (64, 512, 512), torch.float32, False, False,
-         "rule=;KP2=16,16,32,4,0,1,2;KP2 w2=16,16,32,2,0,1,2;KP2 w2 BK64=16,16,64,2,0,1,2;"
-         "KP2 w2 st2=16,16,32,2,2,1,2;KP2 w2 BK16=16,16,16,2,0,1,2;KP2 w1=16,16,32,1,0,1,2"),
+         "rule=;KP2=16,16,32,4,0,1,2;KP4=16,16,32,4,0,1,4;KP8 BB8=8,16,32,4,0,1,8;KP8 BB8 BH32=8,32,32,4,0,1,8;"
+         "KP4 BH32=16,32,32,4,0,1,4;KP4 w8=16,16,32,8,0,1,4;KP8 BB8 BH32 w8=8,32,32,8,0,1,8;"
+         "KP4 BK64=16,16,64,4,0,1,4;KP4 BK16=16,16,16,4,0,1,4;KP4 st2=16,16,32,4,2,1,4"),
         ("lstm 64x512x512 fp32", lstm, (64, 512, 512), torch.float32, False, True,
-         "rule=;KP2=16,16,32,4,0,1,2;KP2 w2=16,16,32,2,0,1,2"),
+         "rule=;KP4=16,16,32,4,0,1,4;KP8 BB8 BH32=8,32,32,4,0,1,8;KP2=16,16,32,4,0,1,2"),
         ("lstm 16x512x256 fp32", lstm, (16, 512, 256), torch.float32, False, True,
-         "rule=;KP2=16,16,32,4,0,1,2;KP2 w2=16,16,32,2,0,1,2"),
+         "rule=;KP2 BB8=8,16,32,4,0,1,2;KP4 BB4=4,16,32,4,0,1,4"),
         ("lstm 256x256x1024 fp32", lstm, (256, 256, 1024), torch.float32, False, True,
-         "rule=;KP2 64x16w4=64,16,32,4,0,1,2"),
+         "rule=;KP2 64x32w8=64,32,32,8,0,1,2;KP4 32x32=32,32,32,4,0,1,4"),
         ("darts_v2 64x512x512 tf32", v2, (64, 512, 512), torch.float32, True, False,
-         "rule=;KP2 KS1=16,16,32,4,0,1,2;KP2 w2 KS2=16,16,32,2,0,2,2"),
-        ("lstm 64x512x512 tf32", lstm, (64, 512, 512), torch.float32, True, True, "rule=;KP2=16,16,32,4,0,0,2"),
-        ("lstm 64x512x512 bf16", lstm, (64, 512, 512), torch.bfloat16, False, True, "rule=;KP2=16,16,32,4,0,0,2"),
-        ("lstm 16x512x256 bf16", lstm, (16, 512, 256), torch.bfloat16, False, True, "rule=;KP2=16,16,32,4,0,0,2"),
+         "rule=;KP4=16,16,32,4,0,0,4;KP4 KS1=16,16,32,4,0,1,4"),
+        ("lstm 64x512x512 tf32", lstm, (64, 512, 512), torch.float32, True, True, "rule=;KP4=16,16,32,4,0,0,4"),
+        ("lstm 64x512x512 bf16", lstm, (64, 512, 512), torch.bfloat16, False, True, "rule=;KP4=16,16,32,4,0,0,4"),
+        ("lstm 16x512x256 bf16", lstm, (16, 512, 256), torch.bfloat16, False, True, "rule=;KP2 BB8=8,16,32,4,0,0,2"),
+        ("lstm 256x256x1024 bf16", lstm, (256, 256, 1024), torch.bfloat16, False, True,
+         "rule=;KP2 64x32=64,32,64,4,0,0,2"),
     ]
-    run_cases("K split across program pairs (so far)", cases)
+    run_cases("K groups", cases)
 
 
 def ncu_target(which: str) -> None:

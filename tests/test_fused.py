@@ -227,20 +227,24 @@ def test_block_rule_covers_every_column_and_row_within_the_chip(name: str, monke
             for H in (16, 100, 256, 512, 1024):
                 b = rule(spec, B, H, dtype)
                 assert b["KP"] * b["KS"] * b["NK"] * b["BLOCK_K"] >= H
-                assert b["NB"] * b["BLOCK_B"] >= B and b["JPP"] * b["NPC"] * b["BLOCK_H"] >= H
-                assert b["KP"] == 1 or (b["KP"] == 2 and b["JPP"] == 1), b
-                assert b["NPC"] == 1 or b["NB"] * b["NPC"] <= 132, b
-    assert rule(spec, 16, 256, torch.float32)["KP"] == 1  # K pairs are opt-in (NAS_FUSED_BLOCKS)
+                assert b["JPP"] * b["NPC"] * b["BLOCK_H"] >= H
+                assert b["NB"] * b["KP"] * b["BLOCK_B"] >= B and b["KP"] * b["BLOCK_B"] >= 16, b
+                assert (b["NPC"] == 1 and b["KP"] == 1) or b["NB"] * b["NPC"] * b["KP"] <= 132, b
+                assert b["KP"] == 1 or (dtype == torch.float32 and spec.passes == 1), b
+    lstm = codegen.make_spec(make_plan(load_space(SPACES / "lstm.cell").instantiate({})))
+    few_tiles = rule(lstm, 16, 256, torch.float32)  # one batch tile: K groups of 4 give 4x the programs
+    assert (few_tiles["KP"], few_tiles["BLOCK_B"], few_tiles["NPC"]) == (4, 4, 16), few_tiles
+    assert rule(lstm, 64, 512, torch.float32)["KP"] == 1  # already one program per SM without them
 
 
 def test_block_override_is_checked(monkeypatch) -> None:
     rule = _gpu_rule(monkeypatch)
     spec = codegen.make_spec(make_plan(load_space(SPACES / "lstm.cell").instantiate({})))
-    monkeypatch.setenv("NAS_FUSED_BLOCKS", "16,16,32,4,0,1,2")  # a K pair: each program sums half of K
+    monkeypatch.setenv("NAS_FUSED_BLOCKS", "16,16,32,4,0,1,2")  # K groups of 2: each program sums half of K
     b = rule(spec, 64, 512, torch.float32)
     assert (b["BLOCK_B"], b["BLOCK_H"], b["KS"], b["KP"], b["NK"], b["JPP"]) == (16, 16, 1, 2, 8, 1)
-    assert rule(spec, 3000, 512, torch.float32)["KP"] == 1  # several column blocks per program: no pair
-    for bad in ("16,16,32,4,0,1,3", "16,16,32,4,0,3", "16,16,32", "a,b,c,d"):
+    assert rule(spec, 3000, 512, torch.float32)["KP"] == 1  # more groups than SMs: one program per K
+    for bad in ("16,16,32,4,0,1,3", "16,16,32,4,0,1,16", "16,16,32,4,0,3", "16,16,32", "a,b,c,d"):
         monkeypatch.setenv("NAS_FUSED_BLOCKS", bad)
         with pytest.raises(ValueError, match="NAS_FUSED_BLOCKS"):
             rule(spec, 64, 512, torch.float32)
@@ -304,12 +308,13 @@ def concurrent_programs(monkeypatch):
     sys.setswitchinterval(interval)
 
 
-@pytest.mark.parametrize("kp", [1, 2])
+@pytest.mark.parametrize("kp", [1, 2, 4])
 @pytest.mark.parametrize("cell", ["lstm", "darts_v2", "darts_ptb", "enas_ptb", "nasbench_nlp"])
 def test_programs_that_split_columns_and_k_match_reference(cell: str, kp: int, concurrent_programs) -> None:
-    """Two batch tiles x two column blocks per tile (the grid barrier in use), and with kp=2 each
-    block's K split across a pair of programs: 8 concurrent programs, float64, against the
-    reference (values and every gradient)."""
+    """Batch tiles x two column blocks per tile (the grid barrier in use), and with kp > 1 each
+    block's K split across a K group of kp programs over a tile of kp * 2 rows (the group's
+    reduce-scatter; with kp = 4 two parts of K are empty): 6-8 concurrent programs, float64,
+    against the reference (values and every gradient)."""
     from nas.genotypes import darts_assignment
 
     name = "darts_ptb" if cell == "darts_v2" else cell
@@ -320,8 +325,9 @@ def test_programs_that_split_columns_and_k_match_reference(cell: str, kp: int, c
         rng = random.Random(11)
         graph = next(g for g in (space.instantiate(space.sample(rng)) for _ in range(200))
                      if choose_backend(g, "auto") == "fused")
-    blocks = dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=2 // kp, NPC=2, KS=1, KP=kp, NB=2, num_warps=4)
+    B, H = 5, 8
+    blocks = dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=-(-H // (4 * kp)), NPC=2, KS=1, KP=kp,
+                  NB=-(-B // (2 * kp)), num_warps=4)
     concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
-    concurrent_programs.setattr(fused, "_resident", lambda *a, **k: True)
-    out_err, grad_err = compare(graph, B=3, T=3, I=5, H=8)
+    out_err, grad_err = compare(graph, B=B, T=3, I=5, H=H)
     assert out_err < 1e-12 and grad_err < 1e-12, (cell, kp, out_err, grad_err)

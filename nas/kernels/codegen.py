@@ -18,8 +18,9 @@ hash is there because the kernel's argument layout follows the plan's node order
 isomorphic cells written differently do not share. Files are written atomically, so
 concurrent workers may share the cache.
 
-The kernels (grid: NB batch tiles x NPC programs per tile; each program owns BLOCK_B rows
-and every NPC-th block of BLOCK_H hidden columns; the whole time loop runs inside). A step
+The kernels (grid: NB batch tiles of KP * BLOCK_B rows x NPC column programs x KP; each
+program owns BLOCK_B rows and every NPC-th block of BLOCK_H hidden columns; the whole time
+loop runs inside). A step
 runs in passes (`nas.kernels.fused_spec`: a linear that projects a per-step node, as in
 DARTS/ENAS, runs one pass after it):
   fwd: for t, for each pass k, per owned column block: the pass's linears' pre-activations
@@ -31,21 +32,23 @@ DARTS/ENAS, runs one pass after it):
        then `_sync`: every program of the tile has finished the pass. With KS > 1 (the
        matrix units, see `choose_blocks`) the K-loop runs 3-D products: slice s of KS
        covers one KS-th of the columns, each warp accumulates its own slice, and the slices
-       are summed once after the loop (phase B below does the same). With KP = 2 (opt-in,
-       see `choose_blocks`) two programs share a column block, each summing half of K: the second
-       stores its partial sums in PRE, a `_sync`, and the first adds them and runs the
-       rest of the pass alone (phase B: through SCR, the same way).
+       are summed once after the loop (phase B below does the same). With KP > 1 a K group
+       of KP programs shares a column block over a tile of KP * BLOCK_B rows: each sums one
+       KP-th of K for all the tile's rows (larger products: more outputs per thread for the
+       same operand loads, and the weights read once per tile), stores them in SCR, a
+       barrier among the group, and each adds up the KP parts of its own BLOCK_B rows and
+       runs the rest of the pass on them (phase B: the same exchange).
   bwd: for t = T-1 .. 0, for each pass k from the last: phase A, per owned block: reload
        and recompute, run the pass's elementwise graph backwards (derivative code per
        op), write its linears' dpre to DXP, and add gradients for values of earlier
        passes into their accumulators (GV, the previous step's state gradient GS, DXP of
        hoisted values); `_sync`; phase B: each source's accumulator += dpre @ W (K-loop
        over every column of dpre). Weight gradients are one GEMM per group after the loop.
-`_sync` is a barrier among the NPC programs of a tile (an atomic counter in global memory,
-release/acquire at GPU scope); loads of other programs' columns bypass L1 (`.cg`). It
-needs all programs resident, which `choose_blocks` guarantees (at most one program per
-multiprocessor); under TRITON_INTERPRET programs run one after another, so there NPC = 1
-and the barrier is a no-op. Any hidden size runs: none falls back.
+`_sync` is a barrier among the NPC * KP programs of a tile, or the KP of a K group (an
+atomic counter in global memory, release/acquire at GPU scope); loads of other programs'
+values bypass L1 (`.cg`). It needs all programs resident, which `choose_blocks` guarantees
+(at most one program per multiprocessor); under TRITON_INTERPRET programs run one after
+another, so there NPC = KP = 1 and the barrier is a no-op (tests run programs in threads). Any hidden size runs: none falls back.
 """
 
 from __future__ import annotations
@@ -176,7 +179,7 @@ __all__ = ["FusedSpec", "SUPPORTED_OPS", "make_spec", "unsupported", "load", "ca
 _SYNC = '''
 @triton.jit
 def _sync(bar, epoch, NPC: tl.constexpr):
-    # The programs of one batch tile own disjoint hidden columns (a K pair shares them); a
+    # The programs of one batch tile own disjoint hidden columns (a K group shares them); a
     # pass that reads every column waits here until all NPC of them have finished the previous
     # pass (`epoch` counts the barriers passed). Only a grid whose programs are all resident
     # may use NPC > 1 (see nas.kernels.fused.choose_blocks).
@@ -207,10 +210,6 @@ class _Emitter:
 
     def __call__(self, indent: int, text: str) -> None:
         self.lines.append("    " * indent + text)
-
-    def guard(self, start: int, indent: int, condition: str) -> None:
-        """Put the lines emitted since `start` (at `indent` or deeper) under `if condition:`."""
-        self.lines[start:] = ["    " * indent + f"if {condition}:"] + ["    " + line for line in self.lines[start:]]
 
 
 def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one generator, read top-down
@@ -265,14 +264,16 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         return f"({slot} * H + {c})[None, :]"
 
     def prologue(ind: int) -> None:
-        e(ind, "tl.static_assert(KP == 1 or (KP == 2 and JPP == 1), 'K is split across 2 programs of one column block')")
         e(ind, "pid = tl.program_id(0)")
-        e(ind, "pid_k = pid % KP  # which part of K this program sums (KP > 1: the pair is combined per pass)")
+        e(ind, "pid_k = pid % KP  # the part of K this program sums, and the rows of the tile it finishes")
         e(ind, "pid_b = pid // (KP * NPC)")
         e(ind, "pid_c = (pid // KP) % NPC")
         e(ind, "kbase = pid_k * (KS * NK * BLOCK_K)")
-        e(ind, "ep = 0  # grid barriers passed")
-        e(ind, "rb = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)")
+        e(ind, "ep = 0  # tile barriers passed")
+        e(ind, "eq = 0  # K-group barriers passed")
+        e(ind, "rp = (pid_b * (KP * BLOCK_B) + tl.arange(0, KP * BLOCK_B)).to(tl.int64)  # the products' rows")
+        e(ind, "mp = rp < B")
+        e(ind, "rb = (pid_b * (KP * BLOCK_B) + pid_k * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # rows it finishes")
         e(ind, "mb = rb < B")
         e(ind, "cols = tl.arange(0, BLOCK_H)")
         e(ind, "kk = tl.arange(0, BLOCK_K)")
@@ -282,7 +283,8 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, f"LW = {max(NL, 1)} * H")
         e(ind, f"VW = {max(NV, 1)} * H")
         e(ind, f"GW = {max(NG, 1)} * H")
-        e(ind, "bar = BAR + pid_b")
+        e(ind, "bar = BAR + pid_b  # the tile's barrier")
+        e(ind, "barq = BAR + tl.cdiv(B, KP * BLOCK_B) + pid_b * NPC + pid_c  # the K group's")
 
     def rows(ind: int) -> None:
         e(ind, "tb = t * B + rb")
@@ -291,25 +293,30 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "vrow = (tb * VW)[:, None]")
         e(ind, "prow = (tb * SW)[:, None]")
         e(ind, "nrow = ((tb + B) * SW)[:, None]")
+        e(ind, "tp = t * B + rp")
+        e(ind, "pxrow = (tp * XW)[:, None]")
+        e(ind, "pvrow = (tp * VW)[:, None]")
+        e(ind, "pprow = (tp * SW)[:, None]")
 
     def block_head(ind: int) -> None:
         e(ind, "j = pid_c + jj * NPC")
         e(ind, "cj = j * BLOCK_H + cols")
         e(ind, "mj = cj < H")
         e(ind, "m2 = mb[:, None] & mj[None, :]")
+        e(ind, "mp2 = mp[:, None] & mj[None, :]")
         e(ind, "zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)")
 
     def k_head(ind: int) -> None:
         e(ind, "ck = kbase + k * BLOCK_K + kk")
         e(ind, "mk = ck < H")
-        e(ind, "ma = mb[:, None] & mk[None, :]")
+        e(ind, "ma = mp[:, None] & mk[None, :]")
         e(ind, "mw = mk[:, None] & mj[None, :]")
 
     def k_head3(ind: int) -> None:
         """Split K: slice s of the KS slices covers columns kbase + [s*NK*BLOCK_K, (s+1)*NK*BLOCK_K)."""
         e(ind, "ck = (kbase + ks * (NK * BLOCK_K) + k * BLOCK_K)[:, None] + kk[None, :]  # (KS, BLOCK_K)")
         e(ind, "mk = ck < H")
-        e(ind, "ma = mb[None, :, None] & mk[:, None, :]  # (KS, BLOCK_B, BLOCK_K)")
+        e(ind, "ma = mp[None, :, None] & mk[:, None, :]  # (KS, KP * BLOCK_B, BLOCK_K)")
         e(ind, "mw = mk[:, :, None] & mj[None, None, :]  # (KS, BLOCK_K, BLOCK_H)")
 
     def values(ind: int, need: set[str], k: int, forward: bool) -> None:
@@ -341,20 +348,21 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             else:
                 e(ind, f"{var[nid]} = {FWD[n.op](args)}")
 
-    def pair_exchange(sums: list[tuple[str, str, str]]) -> int:
-        """K pairs (KP = 2): the second program stores its partial sums (variable, where, cast),
-        a barrier, and the first adds them; returns where the first's rest of the pass starts."""
-        e(3, "if KP > 1:  # the second program's partial sums reach the first (pid_k 0)")
-        e(4, "if pid_k > 0:")
-        for name, where, cast in sums:
-            e(5, f"tl.store({where}, {name}{cast}, mask=m2)")
-        e(4, "ep += 1")
-        e(4, "_sync(bar, ep, NPC * KP)")
-        tail = len(e.lines)
-        e(3, "if KP > 1:")
-        for name, where, _ in sums:
-            e(4, f"{name} = {name} + tl.load({where}, mask=m2, other=0.0, cache_modifier='.cg').to(ACC)")
-        return tail
+    def group_exchange(sums: list[tuple[str, str, str]], width: str) -> None:
+        """A K group (KP > 1) reduce-scatters its partial products: every program stores its
+        sums over the tile's rows in SCR[pid_k] (at `slot` of a row of `width` columns), a
+        barrier among the group, and each program adds up all KP parts of its own rows onto
+        `start` (the x part and bias, or zero). `sums`: (variable, slot, start)."""
+        e(3, "if KP > 1:  # reduce-scatter across the K group")
+        for name, slot, _ in sums:
+            e(4, f"tl.store(SCR + ((pid_k * B + rp) * {width})[:, None] + {slot}, {name}, mask=mp2)")
+        e(4, "eq += 1")
+        e(4, "_sync(barq, eq, KP)")
+        for name, slot, start in sums:
+            e(4, f"{name} = {start}")
+            e(4, "for q in tl.static_range(KP):")
+            e(5, f"{name} += tl.load(SCR + ((q * B + rb) * {width})[:, None] + {slot}, mask=m2, other=0.0, "
+                 "cache_modifier='.cg')")
 
     # ---- forward kernel --------------------------------------------------------------------
     wt_args = "".join(f"WT{w}, " for w in range(len(spec.wsrcs)))
@@ -362,7 +370,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
                   "JPP: tl.constexpr, NK: tl.constexpr, NPC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, "
                   "ACC: tl.constexpr, PREC: tl.constexpr")
     e(0, "@triton.jit")
-    e(0, f"def fwd(XP, S, PRE, V, BAR, {wt_args}{consts_sig}):")
+    e(0, f"def fwd(XP, S, PRE, V, SCR, BAR, {wt_args}{consts_sig}):")
     prologue(1)
     e(1, "for t in range(T):")
     rows(2)
@@ -372,7 +380,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
 
     def src_load(w: int, ind: int, name: str, split: bool) -> None:
         src = spec.wsrcs[w]
-        base, slot = ("S + prow", states.index(src)) if src in states else ("V + vrow", v_slot[src])
+        base, slot = ("S + pprow", states.index(src)) if src in states else ("V + pvrow", v_slot[src])
         where = f"{base}[None, :, :] + {col3(slot)}" if split else f"{base} + {col(slot, 'ck')}"
         e(ind, f"{name} = tl.load({where}, mask=ma, other=0.0, cache_modifier='.cg')")
 
@@ -403,21 +411,22 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         block_head(3)
         lins = spec.pass_linears(k)
         pparts = spec.pass_parts(k)
-        for li in lins:
-            e(3, f"{var[spec.linears[li]]} = tl.load(XP + xrow + {col(li)}, mask=m2, other=0.0).to(ACC)")
+        xpart = {li: f"tl.load(XP + xrow + {col(li)}, mask=m2, other=0.0).to(ACC)" for li in lins}
         if pparts:
-            e(3, "if KP > 1:  # the other part of K starts from zero")
+            e(3, "if KP == 1:  # the products start from the x part and bias")
             for li in lins:
-                lv = var[spec.linears[li]]
-                e(4, f"{lv} = tl.where(pid_k == 0, {lv}, 0.0)")
+                e(4, f"{var[spec.linears[li]]} = {xpart[li]}")
+            e(3, "else:  # each part of K from zero, over the tile's rows")
+            for li in lins:
+                e(4, f"{var[spec.linears[li]]} = tl.zeros([KP * BLOCK_B, BLOCK_H], dtype=ACC)")
             e(3, "if KS == 1:")
             forward_products(4, pparts, split=False)
             e(3, "else:")
             forward_products(4, pparts, split=True)
-            tail = pair_exchange([(var[spec.linears[li]], f"PRE + lrow + {col(li)}", ".to(PRE.dtype.element_ty)")
-                                  for li in lins])
+            group_exchange([(var[spec.linears[li]], col(li), xpart[li]) for li in lins], "LW")
         else:
-            tail = len(e.lines)
+            for li in lins:
+                e(3, f"{var[spec.linears[li]]} = {xpart[li]}")
         for li in lins:
             e(3, f"tl.store(PRE + lrow + {col(li)}, {var[spec.linears[li]]}.to(PRE.dtype.element_ty), mask=m2)")
         chain_k = [c for c in spec.chain if stage[c] == k]
@@ -427,7 +436,6 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             e(3, f"tl.store(V + vrow + {col(v_slot[c])}, {var[c]}.to(V.dtype.element_ty), mask=m2)")
         for si, o in outs_k:
             e(3, f"tl.store(S + nrow + {col(si)}, {var[o]}.to(S.dtype.element_ty), mask=m2)")
-        e.guard(tail, 3, "pid_k == 0")
         e(2, "ep += 1")
         e(2, f"_sync(bar, ep, NPC * KP)  # pass {k} complete on every column")
     e(0, "")
@@ -438,7 +446,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     e(0, f"def bwd(XP, S, PRE, V, DS, DXP, GV, GS, SCR, BAR, {w_args}{consts_sig}):")
     prologue(1)
     e(1, "grow = (rb * GW)[:, None]")
-    e(1, f"srow = (rb * {max(len(spec.wsrcs), 1)} * H)[:, None]  # SCR: the other part of K's sums (KP > 1)")
+    e(1, f"WW = {max(len(spec.wsrcs), 1)} * H  # SCR's row: one block per weight source")
     e(1, "for r in range(T):")
     e(2, "t = T - 1 - r")
     rows(2)
@@ -465,11 +473,12 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     def backward_products(ind: int, w: int, mine, split: bool) -> None:
         """c<w> = sum of dpre @ W over the pass's linears that read source w (split as forward)."""
         acc = f"p{w}" if split else f"c{w}"
-        e(ind, f"{acc} = tl.zeros([KS, BLOCK_B, BLOCK_H], dtype=ACC)" if split else f"{acc} = zero")
+        e(ind, f"{acc} = tl.zeros([KS, KP * BLOCK_B, BLOCK_H], dtype=ACC)" if split
+          else f"{acc} = tl.zeros([KP * BLOCK_B, BLOCK_H], dtype=ACC)")
         e(ind, "for k in range(NK):")
         (k_head3 if split else k_head)(ind + 1)
         for li in sorted({li for li, _ in mine}):
-            where = f"DXP + xrow[None, :, :] + {col3(li)}" if split else f"DXP + xrow + {col(li, 'ck')}"
+            where = f"DXP + pxrow[None, :, :] + {col3(li)}" if split else f"DXP + pxrow + {col(li, 'ck')}"
             e(ind + 1, f"d{li} = tl.load({where}, mask=ma, other=0.0, cache_modifier='.cg')")
         for li, row in mine:
             where = (f"W{w} + ({row} * H + ck)[:, :, None] * H + cj[None, None, :]" if split
@@ -484,7 +493,6 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(2, f"# pass {k}, phase A: the elementwise graph backwards")
         e(2, "for jj in range(JPP):")
         block_head(3)
-        phase_a = len(e.lines)
         elem_k = [n for n in order if stage[n] == k and nodes[n].op != "linear"]
         values(3, closure(elem_k), k, forward=False)
         have: set[str] = set()
@@ -542,7 +550,6 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         if k == 0:
             for s in silent_states:  # read by nothing: no gradient through this state
                 e(3, f"tl.store(GS + gcur + {col(states.index(s))}, zero, mask=m2)")
-        e.guard(phase_a, 3, "pid_k == 0")
         pparts = spec.pass_parts(k)
         if not pparts:
             e(2, "tl.debug_barrier()")
@@ -559,11 +566,10 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             backward_products(4, w, mine, split=False)
             e(3, "else:")
             backward_products(4, w, mine, split=True)
-        tail = pair_exchange([(f"c{w}", f"SCR + srow + {col(w)}", "") for w in srcs])
+        group_exchange([(f"c{w}", col(w), "zero") for w in srcs], "WW")
         for w in srcs:
             src = spec.wsrcs[w]
             write_acc(3, "state" if src in states else "gv", src, f"c{w}", ("B", k))
-        e.guard(tail, 3, "pid_k == 0")
         e(2, "tl.debug_barrier()")
     return "\n".join(e.lines) + "\n"
 

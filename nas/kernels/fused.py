@@ -17,11 +17,10 @@ Dtypes: fp32, bf16 or fp16 storage with fp32 accumulation (pre-activations are k
 fp32), or fp64 throughout (tests). fp32 matmuls use tf32 only where
 torch.backends.cuda.matmul.allow_tf32 is set (as torch).
 
-Blocks: `choose_blocks` (the rule, with its reasons). The column split needs every program
-of the grid resident at once (at most one per multiprocessor is launched, or two where a
-pair of programs splits K and `_resident` finds that two fit); a GPU shared
-with other processes through MPS could break that, and the kernel would then wait
-forever: run such setups with backend="reference" or on a GPU of their own.
+Blocks: `choose_blocks` (the rule, with its reasons). The column split and the K groups need
+every program of the grid resident at once (at most one per multiprocessor is launched); a
+GPU shared with other processes through MPS could break that, and the kernel would then
+wait forever: run such setups with backend="reference" or on a GPU of their own.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ ACC_BUDGET = 8192  # fp32 accumulator elements per program in one pass (register
 def _tuning_override() -> tuple[int, ...] | None:
     """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS[,KP]]]" pins the blocks
     (benchmarks, tuning; STAGES 0 = Triton's default, KS = K slices per program, a power of two,
-    0 = the rule; KP = programs sharing one block's K, 1 or 2)."""
+    0 = the rule; KP = programs in a K group, a power of two up to 8, 0 = the rule)."""
     text = os.environ.get("NAS_FUSED_BLOCKS", "").strip()
     if not text:
         return None
@@ -59,9 +58,9 @@ def _tuning_override() -> tuple[int, ...] | None:
     except ValueError:
         vals = ()
     if (len(vals) not in (4, 5, 6, 7) or (len(vals) >= 6 and vals[5] & (vals[5] - 1))
-            or (len(vals) == 7 and vals[6] not in (1, 2))):
+            or (len(vals) == 7 and vals[6] not in (0, 1, 2, 4, 8))):
         raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS"
-                         "[,STAGES[,KS[,KP]]] (KS a power of two, KP 1 or 2)")
+                         "[,STAGES[,KS[,KP]]] (KS a power of two, KP 1, 2, 4 or 8; 0 = the rule)")
     return vals
 
 
@@ -99,15 +98,15 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     tiles than multiprocessors run NPC = 1. Tuning runs: benchmarks/fused_probe.py --parts
     tune,kp, benchmarks/fused_tune.py.
 
-    K split across a pair of programs (KP = 2, two programs per multiprocessor where `_resident`
-    finds they fit) is opt-in through NAS_FUSED_BLOCKS, not the rule: faster in plain fp32 on
-    the H200 (LSTM (16, 512, 256) 7.0 vs 8.6 ms, DARTS V2 (64, 512, 512) 71.8 vs 73.3), slower
-    on the matrix units (LSTM (64, 512, 512) bf16 12.3 vs 9.5), and the one GPU check of 30
-    random cells per space that ran it (2026-12-01 23:45, 14 processes on one GPU) had one fp32
-    gradient off by 2.3e-3 (darts_ptb#8) that the same cell alone did not repeat. The pair's
-    logic is exact on the CPU with concurrent programs (tests/test_fused.py, that cell
-    included), so what is left is GPU memory order or a flake; until a GPU race check clears
-    it, the rule keeps KP = 1.
+    K groups (KP > 1: KP programs share a column block over a tile of KP * BLOCK_B rows, each
+    summing one KP-th of K, then each finishing BLOCK_B rows; nas.kernels.codegen) buy more
+    programs where a batch has few tiles, at the cost of an exchange and a barrier per pass.
+    The rule takes them for one-pass cells in plain fp32 only (the most programs still win,
+    then the fewest K parts): measured on the H200 (2026-12-02, fused_probe.py --parts kp) the
+    LSTM (16, 512, 256) fp32 5.4 ms with KP 4 over 4-row tiles vs 8.7 with one program per K;
+    at equal program counts the exchange costs (LSTM (64, 512, 512) 20.6 ms either way, DARTS
+    V2's five passes 110 vs 73.7 ms), and on the matrix units they were slower (DARTS V2 tf32
+    64.3 vs 51.9 ms).
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
@@ -125,18 +124,21 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         choices = [pinned]
     else:
         bmax = max(MIN_BLOCK, min(128 if tf32 else 64, triton.next_power_of_2(B)))
-        choices = [(bb, bh, 64 if (wide_k and bb >= 64) else 32, _warps(bb, bh, mma))
-                   for bh in (32, 16) for bb in (128, 64, 32, 16)
-                   if bb <= bmax and (bb * bh * nl <= ACC_BUDGET or bb * bh == MIN_BLOCK * MIN_BLOCK)]
+        kps = (1, 2, 4) if not mma and spec.passes == 1 else (1,)  # K groups: see the docstring
+        choices = [(bb, bh, 64 if (wide_k and kp * bb >= 64) else 32, _warps(kp * bb, bh, mma), 0, 0, kp)
+                   for kp in kps for bh in (32, 16) for bb in (128, 64, 32, 16, 8, 4)
+                   if MIN_BLOCK <= kp * bb <= bmax
+                   and (kp * bb * bh * nl <= ACC_BUDGET or kp * bb * bh == MIN_BLOCK * MIN_BLOCK)]
     best, best_key = None, None
     for bb, bh, bk, warps, *extra in choices:
-        nb, nj = cdiv(B, bb), cdiv(H, bh)
-        npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
-        ks = extra[1] if len(extra) > 1 and extra[1] else (k_slices(bb, bh, warps, H, bk, nl) if mma else 1)
-        kp = extra[2] if len(extra) > 2 else 1  # K pairs: opt-in only (see the docstring)
-        if kp > 1 and cdiv(nj, npc) > 1:
-            kp = 1  # a K pair combines one column block per pass
-        key = (min(nb * npc, sms) // max(1, sms // 8), bb, bh)
+        kp = extra[2] if len(extra) > 2 and extra[2] else 1  # K groups: opt-in (see the docstring)
+        nj = cdiv(H, bh)
+        if cdiv(B, kp * bb) * kp > sms:
+            kp = 1  # more K groups than multiprocessors could not all be resident
+        nb = cdiv(B, kp * bb)
+        npc = min(nj, max(1, sms // (nb * kp))) if nb <= sms else 1
+        ks = extra[1] if len(extra) > 1 and extra[1] else (k_slices(kp * bb, bh, warps, H, bk, nl) if mma else 1)
+        key = (min(nb * npc * kp, sms) // max(1, sms // 8), -kp, kp * bb, bh)
         if best_key is None or key > best_key:
             best_key = key
             best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, kp * ks * bk), NPC=npc,
@@ -166,55 +168,20 @@ def safe_blocks(B: int, H: int, device: torch.device) -> dict:
                 NPC=npc, KS=1, KP=1, NB=nb, num_warps=4)
 
 
-def _run(kernel, blocks: dict, fallback: dict, bar: torch.Tensor, bar_at: int, *args, **const) -> None:
-    """Launch with `blocks` (the barrier counters go in argument `bar_at`); on a shared-memory
-    shortage, once more with the smallest tiles."""
+def _run(kernel, blocks: dict, fallback: dict, bar_at: int, *args, **const) -> None:
+    """Launch with `blocks` (fresh barrier counters go in argument `bar_at`: one per batch tile,
+    then one per K group); on a shared-memory shortage, once more with the smallest tiles."""
     for attempt in (blocks, fallback):
         meta = {k: v for k, v in attempt.items() if k != "NB"}
         grid = (attempt["NB"] * attempt["NPC"] * attempt["KP"],)
-        call = (*args[:bar_at], bar[:attempt["NB"]], *args[bar_at:])
+        bar = torch.zeros(attempt["NB"] * (1 + attempt["NPC"]), dtype=torch.int32, device=args[0].device)
         try:
-            if attempt["KP"] > 1 and not _resident(kernel, grid[0], call, const, meta):
-                attempt = {**attempt, "KP": 1, "NK": attempt["NK"] * attempt["KP"]}  # one program sums all of K
-                meta = {k: v for k, v in attempt.items() if k != "NB"}
-                grid = (attempt["NB"] * attempt["NPC"],)
-            bar.zero_()
-            kernel[grid](*call, **const, **meta)
+            kernel[grid](*args[:bar_at], bar, *args[bar_at:], **const, **meta)
             return
         except OutOfResources:
             if attempt is fallback:
                 raise
             log.info("fused kernel: out of resources with %s; using the smallest tiles", attempt)
-
-
-_RESIDENT: dict[tuple, bool] = {}
-
-
-def _resident(kernel, programs: int, call: tuple, const: dict, meta: dict) -> bool:
-    """Whether `programs` programs of the compiled kernel fit on the GPU at once, which the grid
-    barrier needs (a K pair puts two programs on a multiprocessor: registers, shared memory and
-    warps must allow it). Anything unexpected answers no (the caller then keeps one per SM)."""
-    key = (id(kernel), programs, tuple(sorted(meta.items())), tuple(sorted((k, str(v)) for k, v in const.items())),
-           tuple(a for a in call if isinstance(a, int)), call[0].device.index, call[0].dtype)  # ints: specialisation
-    if key not in _RESIDENT:
-        try:
-            compiled = kernel.warmup(*call, grid=(programs,), **const, **meta)
-            compiled._init_handles()
-            props = torch.cuda.get_device_properties(call[0].device)
-            warps = meta["num_warps"]
-            regs_per_warp = -(-compiled.n_regs * 32 // 256) * 256
-            by_regs = getattr(props, "regs_per_multiprocessor", 65536) // max(1, regs_per_warp * warps)
-            by_smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024) // (compiled.metadata.shared + 1024)
-            by_warps = props.max_threads_per_multi_processor // (32 * warps)
-            per_sm = min(by_regs, by_smem, by_warps)
-            _RESIDENT[key] = programs <= per_sm * props.multi_processor_count
-            log.info("fused kernel: %d regs, %d B shared, %d warps: %d programs per SM%s", compiled.n_regs,
-                     compiled.metadata.shared, warps, per_sm,
-                     "" if _RESIDENT[key] else f"; {programs} would not all be resident, K is not split")
-        except Exception as exc:  # noqa: BLE001 - a check that cannot run must not launch a grid that may hang
-            log.info("fused kernel: residency unknown (%s: %s)", type(exc).__name__, exc)
-            _RESIDENT[key] = False
-    return _RESIDENT[key]
 
 
 def _acc(dtype: torch.dtype):
@@ -244,8 +211,8 @@ class _FusedSequence(torch.autograd.Function):
         wts = [w.t().contiguous() for w in weights]
         blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
         fallback = safe_blocks(B, H, xp.device) if xp.is_cuda else blocks
-        bar = torch.zeros(max(blocks["NB"], fallback["NB"]), dtype=torch.int32, device=xp.device)
-        _run(mod.fwd, blocks, fallback, bar, 4, xp, S, pre, V, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype))
+        scr = _scratch(blocks, B, pre.shape[2], acc_dtype, xp.device)
+        _run(mod.fwd, blocks, fallback, 5, xp, S, pre, V, scr, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype))
         ctx.spec = spec
         ctx.save_for_backward(xp, S, pre, V, *weights)
         return S
@@ -266,12 +233,18 @@ class _FusedSequence(torch.autograd.Function):
         ws = [w.contiguous() for w in weights]
         blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
         fallback = safe_blocks(B, H, xp.device) if xp.is_cuda else blocks
-        scr = torch.empty(B if blocks["KP"] > 1 else 1, max(len(ws), 1) * H, dtype=acc_dtype, device=xp.device)
-        bar = torch.zeros(max(blocks["NB"], fallback["NB"]), dtype=torch.int32, device=xp.device)
-        _run(mod.bwd, blocks, fallback, bar, 9, xp, S, pre, V, dS, dxp, gv, gs, scr, *ws, B, T, H, ACC=_acc(xp.dtype),
+        scr = _scratch(blocks, B, max(len(ws), 1) * H, acc_dtype, xp.device)
+        _run(mod.bwd, blocks, fallback, 9, xp, S, pre, V, dS, dxp, gv, gs, scr, *ws, B, T, H, ACC=_acc(xp.dtype),
              PREC=_prec(xp.dtype))
         dh0 = (dS[0].to(acc_dtype) + gs[0]).to(xp.dtype)
         return (None, dxp, dh0, *_weight_grads(spec, dxp, S, V, H))
+
+
+def _scratch(blocks: dict, B: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Where a K group's programs leave their partial sums (KP parts of every row; reused each
+    pass and step, see nas.kernels.codegen); unused with one program per K."""
+    kp = blocks["KP"]
+    return torch.empty(kp, B, width, dtype=dtype, device=device) if kp > 1 else torch.empty(1, dtype=dtype, device=device)
 
 
 def _weight_grads(spec: FusedSpec, dxp: torch.Tensor, S: torch.Tensor, V: torch.Tensor, H: int) -> list[torch.Tensor]:
