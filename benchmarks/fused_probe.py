@@ -109,6 +109,7 @@ SOURCE_VARIANTS = {
 class Variant:
     name: str
     blocks: str = ""  # NAS_FUSED_BLOCKS ('' = the rule)
+    bwd_blocks: str = ""  # NAS_FUSED_BLOCKS_BWD ('' = as the forward)
     prec: str = ""  # '' = follow torch's flag
     source: str = "base"
 
@@ -116,6 +117,7 @@ class Variant:
 def _patched(variant: Variant):
     """Install the variant: block override, precision and source transform of the generated kernel."""
     os.environ["NAS_FUSED_BLOCKS"] = variant.blocks
+    os.environ["NAS_FUSED_BLOCKS_BWD"] = variant.bwd_blocks
     orig_load, orig_prec = _ORIGINAL
     transform = SOURCE_VARIANTS[variant.source]
 
@@ -272,6 +274,18 @@ def part_kp() -> None:
     run_cases("K groups", cases)
 
 
+def part_bwd() -> None:
+    """The backward kernel's blocks alone (NAS_FUSED_BLOCKS_BWD) for DARTS V2 fp32: K groups
+    with short K tiles and one stage keep its products in registers (sm_90, compiled on the
+    CPU: no spills, where the forward with K groups spills)."""
+    variants = [Variant("rule")] + [Variant(f"bwd {b}", bwd_blocks=b) for b in (
+        "16,16,16,4,1,1,4", "16,16,8,4,1,1,4", "16,16,16,4,1,1,2", "16,16,16,8,1,1,4", "16,16,16,4,1,1,1",
+        "16,16,32,4,1,1,1", "16,16,32,4,2,1,1", "16,16,16,4,2,1,4")]
+    rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+    emit("DARTS V2 fp32: the backward kernel's blocks", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"],
+         rows)
+
+
 def ncu_target(which: str) -> None:
     """One forward+backward (the launches ncu profiles)."""
     if which == "darts":
@@ -319,7 +333,7 @@ def main() -> None:
     for part in args.parts.split(","):
         try:
             {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune,
-             "fp32": part_fp32, "kp": part_kp}[part]()
+             "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))

@@ -46,11 +46,13 @@ MAX_BLOCK_H = 64  # the interpreter's single-program blocks
 ACC_BUDGET = 8192  # fp32 accumulator elements per program in one pass (register pressure)
 
 
-def _tuning_override() -> tuple[int, ...] | None:
+def _tuning_override(kernel: str = "fwd") -> tuple[int, ...] | None:
     """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS[,KP]]]" pins the blocks
     (benchmarks, tuning; STAGES 0 = Triton's default, KS = K slices per program, a power of two,
-    0 = the rule; KP = programs in a K group, a power of two up to 8, 0 = the rule)."""
-    text = os.environ.get("NAS_FUSED_BLOCKS", "").strip()
+    0 = the rule; KP = programs in a K group, a power of two up to 8, 0 = the rule);
+    NAS_FUSED_BLOCKS_BWD pins the backward kernel's alone (the two kernels share no layout)."""
+    name = "NAS_FUSED_BLOCKS_BWD" if kernel == "bwd" and os.environ.get("NAS_FUSED_BLOCKS_BWD") else "NAS_FUSED_BLOCKS"
+    text = os.environ.get(name, "").strip()
     if not text:
         return None
     try:
@@ -59,7 +61,7 @@ def _tuning_override() -> tuple[int, ...] | None:
         vals = ()
     if (len(vals) not in (4, 5, 6, 7) or (len(vals) >= 6 and vals[5] & (vals[5] - 1))
             or (len(vals) == 7 and vals[6] not in (0, 1, 2, 4, 8))):
-        raise ValueError(f"NAS_FUSED_BLOCKS={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS"
+        raise ValueError(f"{name}={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS"
                          "[,STAGES[,KS[,KP]]] (KS a power of two, KP 1, 2, 4 or 8; 0 = the rule)")
     return vals
 
@@ -80,7 +82,7 @@ def k_slices(bb: int, bh: int, warps: int, H: int, bk: int, nl: int = 1) -> int:
 
 
 def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None = None,
-                  dtype: torch.dtype = torch.float32) -> dict:
+                  dtype: torch.dtype = torch.float32, kernel: str = "fwd") -> dict:
     """Tile sizes and the split of hidden columns across programs (the rule, in one place).
 
     Interpreter (CPU tests): one program per 16-row batch tile loops over every column block
@@ -116,7 +118,7 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=bh, BLOCK_K=bh, JPP=cdiv(H, bh), NK=cdiv(H, ks * bh), NPC=1, KS=ks,
                     KP=1, NB=cdiv(B, MIN_BLOCK), num_warps=4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    pinned = _tuning_override()
+    pinned = _tuning_override(kernel)
     nl = max(1, spec.max_linears_per_pass())
     wide_k, tf32 = dtype in (torch.bfloat16, torch.float16), _prec(dtype) == "tf32"
     mma = wide_k or tf32
@@ -231,7 +233,7 @@ class _FusedSequence(torch.autograd.Function):
         gv = torch.empty(B, max(len(spec.gv), 1) * H, dtype=acc_dtype, device=xp.device)
         gs = torch.zeros(2, B, NS * H, dtype=acc_dtype, device=xp.device)  # gs[T % 2]: nothing after T
         ws = [w.contiguous() for w in weights]
-        blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
+        blocks = choose_blocks(spec, B, H, xp.device, xp.dtype, kernel="bwd")
         fallback = safe_blocks(B, H, xp.device) if xp.is_cuda else blocks
         scr = _scratch(blocks, B, max(len(ws), 1) * H, acc_dtype, xp.device)
         _run(mod.bwd, blocks, fallback, 9, xp, S, pre, V, dS, dxp, gv, gs, scr, *ws, B, T, H, ACC=_acc(xp.dtype),
