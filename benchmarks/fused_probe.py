@@ -1,7 +1,7 @@
 """Where the fused sequential kernel's time goes, and the scan kernel's tuning (development
 probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.md).
 
-    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu]
+    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd]
 
 scan   the forward scan kernel (it prefetches the next tile) over (BLOCK_T, BLOCK_D, warps),
        against the device-to-device copy
@@ -12,7 +12,9 @@ lstm   the DSL LSTM at (256, 256, 1024) in fp32+tf32 and bf16 for block choices,
 fp32   candidates for DARTS V2 in strict fp32 (wider tiles, tf32x3 with K slices);
        no correctness check: run `fused_tune.py --check-cells darts_v2` on a winner
 tune   split-K (KS) and tile choices for every case of the issue's tables (rule vs variants)
-kp     K split across a pair of programs (KP = 2) against the rule, DARTS V2 and the LSTM
+kp     K groups (KP programs share a column block's K, then each finishes its rows) against
+       the rule, DARTS V2 and the LSTM
+bwd    the backward kernel's blocks alone (NAS_FUSED_BLOCKS_BWD), DARTS V2 fp32
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
        LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt
 """
@@ -279,7 +281,7 @@ def part_bwd() -> None:
     with short K tiles and one stage keep its products in registers (sm_90, compiled on the
     CPU: no spills, where the forward with K groups spills)."""
     variants = [Variant("rule")] + [Variant(f"bwd {b}", bwd_blocks=b) for b in (
-        "16,16,16,4,1,1,4", "16,16,8,4,1,1,4", "16,16,16,4,1,1,2", "16,16,16,8,1,1,4", "16,16,16,4,1,1,1",
+        "16,16,16,4,1,1,4", "16,16,16,4,1,1,2", "16,16,16,8,1,1,4", "16,16,16,4,1,1,1",
         "16,16,32,4,1,1,1", "16,16,32,4,2,1,1", "16,16,16,4,2,1,4")]
     rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
     emit("DARTS V2 fp32: the backward kernel's blocks", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"],

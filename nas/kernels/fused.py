@@ -59,10 +59,15 @@ def _tuning_override(kernel: str = "fwd") -> tuple[int, ...] | None:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
         vals = ()
-    if (len(vals) not in (4, 5, 6, 7) or (len(vals) >= 6 and vals[5] & (vals[5] - 1))
+    def pow2(v: int) -> bool:
+        return v > 0 and not v & (v - 1)
+
+    if (len(vals) not in (4, 5, 6, 7) or not all(pow2(v) for v in vals[:4]) or vals[2] < 16
+            or (len(vals) >= 6 and vals[5] and not pow2(vals[5]))
             or (len(vals) == 7 and vals[6] not in (0, 1, 2, 4, 8))):
         raise ValueError(f"{name}={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS"
-                         "[,STAGES[,KS[,KP]]] (KS a power of two, KP 1, 2, 4 or 8; 0 = the rule)")
+                         "[,STAGES[,KS[,KP]]] (the first four powers of two, BLOCK_K >= 16 as tl.dot needs; "
+                         "KS a power of two, KP 1, 2, 4 or 8; 0 = the rule for KS and KP)")
     return vals
 
 
@@ -103,10 +108,12 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     K groups (KP > 1: KP programs share a column block over a tile of KP * BLOCK_B rows, each
     summing one KP-th of K, then each finishing BLOCK_B rows; nas.kernels.codegen) buy more
     programs where a batch has few tiles, at the cost of an exchange and a barrier per pass.
-    The rule takes them for one-pass cells in plain fp32 only (the most programs still win,
-    then the fewest K parts): measured on the H200 (2026-12-02, fused_probe.py --parts kp) the
+    The rule takes them for one-pass cells in plain fp32 over 16-row tiles only (the most
+    programs still win, then the fewest K parts; taller products keep whole K tiles of FMA
+    operands in registers and spill: LSTM (256, 256, 1024) fp32 with 128-row products 858 ms
+    vs 90): measured on the H200 (2026-12-02, fused_probe.py --parts kp) the
     LSTM (16, 512, 256) fp32 5.4 ms with KP 4 over 4-row tiles vs 8.7 with one program per K;
-    at equal program counts the exchange costs (LSTM (64, 512, 512) 20.6 ms either way, DARTS
+    at equal program counts they do not pay (LSTM (64, 512, 512) 20.6 ms either way, DARTS
     V2's five passes 110 vs 73.7 ms), and on the matrix units they were slower (DARTS V2 tf32
     64.3 vs 51.9 ms).
     """
@@ -129,7 +136,7 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         kps = (1, 2, 4) if not mma and spec.passes == 1 else (1,)  # K groups: see the docstring
         choices = [(bb, bh, 64 if (wide_k and kp * bb >= 64) else 32, _warps(kp * bb, bh, mma), 0, 0, kp)
                    for kp in kps for bh in (32, 16) for bb in (128, 64, 32, 16, 8, 4)
-                   if MIN_BLOCK <= kp * bb <= bmax
+                   if MIN_BLOCK <= kp * bb <= bmax and (kp == 1 or kp * bb == MIN_BLOCK)
                    and (kp * bb * bh * nl <= ACC_BUDGET or kp * bb * bh == MIN_BLOCK * MIN_BLOCK)]
     best, best_key = None, None
     for bb, bh, bk, warps, *extra in choices:
