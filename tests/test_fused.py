@@ -244,7 +244,8 @@ def test_block_override_is_checked(monkeypatch) -> None:
     b = rule(spec, 64, 512, torch.float32)
     assert (b["BLOCK_B"], b["BLOCK_H"], b["KS"], b["KP"], b["NK"], b["JPP"]) == (16, 16, 1, 2, 8, 1)
     assert rule(spec, 3000, 512, torch.float32)["KP"] == 1  # more groups than SMs: one program per K
-    for bad in ("16,16,32,4,0,1,3", "16,16,32,4,0,1,16", "16,16,8,4", "12,16,32,4", "16,16,32,4,0,3", "16,16,32", "a,b,c,d"):
+    for bad in ("16,16,32,4,0,1,3", "16,16,32,4,0,1,16", "16,16,8,4", "12,16,32,4", "16,16,32,4,0,3", "16,16,32",
+                "a,b,c,d"):
         monkeypatch.setenv("NAS_FUSED_BLOCKS", bad)
         with pytest.raises(ValueError, match="NAS_FUSED_BLOCKS"):
             rule(spec, 64, 512, torch.float32)

@@ -20,9 +20,8 @@ concurrent workers may share the cache.
 
 The kernels (grid: NB batch tiles of KP * BLOCK_B rows x NPC column programs x KP; each
 program owns BLOCK_B rows and every NPC-th block of BLOCK_H hidden columns; the whole time
-loop runs inside). A step
-runs in passes (`nas.kernels.fused_spec`: a linear that projects a per-step node, as in
-DARTS/ENAS, runs one pass after it):
+loop runs inside). A step runs in passes (`nas.kernels.fused_spec`: a linear that projects
+a per-step node, as in DARTS/ENAS, runs one pass after it):
   fwd: for t, for each pass k, per owned column block: the pass's linears' pre-activations
        = (hoisted x part + bias, from XP) + sum over their per-step sources of
        source @ W^T (a K-loop of tl.dot over every column of the source: the previous
@@ -48,7 +47,8 @@ DARTS/ENAS, runs one pass after it):
 atomic counter in global memory, release/acquire at GPU scope); loads of other programs'
 values bypass L1 (`.cg`). It needs all programs resident, which `choose_blocks` guarantees
 (at most one program per multiprocessor); under TRITON_INTERPRET programs run one after
-another, so there NPC = KP = 1 and the barrier is a no-op (tests run programs in threads). Any hidden size runs: none falls back.
+another, so there NPC = KP = 1 and the barrier is a no-op (tests run programs in threads).
+Any hidden size runs: none falls back.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "eq = 0  # K-group barriers passed")
         e(ind, "rp = (pid_b * (KP * BLOCK_B) + tl.arange(0, KP * BLOCK_B)).to(tl.int64)  # the products' rows")
         e(ind, "mp = rp < B")
-        e(ind, "rb = (pid_b * (KP * BLOCK_B) + pid_k * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # rows it finishes")
+        e(ind, "rb = (pid_b * (KP * BLOCK_B) + pid_k * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # its rows")
         e(ind, "mb = rb < B")
         e(ind, "cols = tl.arange(0, BLOCK_H)")
         e(ind, "kk = tl.arange(0, BLOCK_K)")

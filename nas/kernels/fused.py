@@ -253,7 +253,8 @@ def _scratch(blocks: dict, B: int, width: int, dtype: torch.dtype, device: torch
     """Where a K group's programs leave their partial sums (KP parts of every row; reused each
     pass and step, see nas.kernels.codegen); unused with one program per K."""
     kp = blocks["KP"]
-    return torch.empty(kp, B, width, dtype=dtype, device=device) if kp > 1 else torch.empty(1, dtype=dtype, device=device)
+    shape = (kp, B, width) if kp > 1 else (1,)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _weight_grads(spec: FusedSpec, dxp: torch.Tensor, S: torch.Tensor, V: torch.Tensor, H: int) -> list[torch.Tensor]:

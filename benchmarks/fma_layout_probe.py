@@ -1,0 +1,241 @@
+"""Is Triton's FMA dot the limit of the fused kernel in strict fp32? (development probe, GPU)
+
+    python benchmarks/fma_layout_probe.py [--steps 512] [--once]
+
+The fused kernel's DARTS V2 forward spends its time in per-step products of a 16-row tile
+of the batch with a 16-column block of each of 9 linear pairs' weights (K = 512), one
+program per SM. This times that product structure alone, no barrier and no elementwise
+work, written two ways over the same memory:
+  dot     plain Triton `tl.dot` (input_precision="ieee"), as the generated kernel writes it;
+  gluon   a register-blocked product with explicit layouts (`triton.experimental.gluon`):
+          each warp sums one quarter of K, each thread owns a 4x4 output tile (times KI
+          accumulators, one per k of its register chunk, so every product is one FMA),
+          operands are loaded as vectors straight into the registers that use them, and the
+          partial tiles are summed once per product.
+Both are checked against torch.matmul (fp32, tf32 off). The ratio tells whether rewriting
+the fused kernel's products with explicit layouts is worth it (benchmarks/fused_notes.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from common import device_name, md_table, out_dir, stamp  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+except ImportError:  # an older Triton: the dot variant only
+    gluon = gl = None
+
+B, K, N, P = 64, 512, 1024, 9  # batch, hidden (K), a linear pair's outputs, pairs per step
+SLOTS = 4  # per-step inputs/outputs rotate over a few slots (stay in L2, as the kernel's S does)
+
+
+@triton.jit
+def dot_products(A, W, O, T, B: tl.constexpr, K: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+                 BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, SAME_W: tl.constexpr):
+    pid = tl.program_id(0)
+    nc = N // (2 * BH)
+    pid_b, pid_c = pid // nc, pid % nc
+    rows = pid_b * BB + tl.arange(0, BB)
+    cols = pid_c * BH + tl.arange(0, BH)
+    kk = tl.arange(0, BK)
+    for t in range(T):
+        slot = t % 4
+        for p in range(P):
+            pw = 0 if SAME_W else p  # SAME_W: one pair's weights for all (they stay in L1): timing only
+            acc0 = tl.zeros([BB, BH], dtype=tl.float32)
+            acc1 = tl.zeros([BB, BH], dtype=tl.float32)
+            for k in range(K // BK):
+                ck = k * BK + kk
+                a = tl.load(A + (slot * B + rows)[:, None] * K + ck[None, :], cache_modifier=".cg")
+                w0 = tl.load(W + (pw * K + ck)[:, None] * N + cols[None, :])
+                acc0 = tl.dot(a, w0, acc=acc0, input_precision="ieee")
+                w1 = tl.load(W + (pw * K + ck)[:, None] * N + (N // 2 + cols)[None, :])
+                acc1 = tl.dot(a, w1, acc=acc1, input_precision="ieee")
+            o = O + ((slot * P + p) * B + rows)[:, None] * N + cols[None, :]
+            tl.store(o, acc0)
+            tl.store(o + N // 2, acc1)
+
+
+if gluon is not None:
+    @gluon.jit
+    def gluon_products(A, W, O, T, B: gl.constexpr, K: gl.constexpr, N: gl.constexpr, P: gl.constexpr,
+                       BB: gl.constexpr, BH: gl.constexpr, KI: gl.constexpr, KW: gl.constexpr,
+                       PER_K: gl.constexpr):
+        # [KW (one K quarter per warp), BB rows, KI (k in registers), 2*BH columns]; 4x4 per thread
+        L4: gl.constexpr = gl.BlockedLayout([1, 4, KI, 4], [1, BB // 4, 1, 32 // (BB // 4)], [KW, 1, 1, 1],
+                                            [3, 2, 1, 0])
+        LA: gl.constexpr = gl.SliceLayout(3, L4)  # (KW, BB, KI)
+        LW: gl.constexpr = gl.SliceLayout(1, L4)  # (KW, KI, NO)
+        LC: gl.constexpr = gl.SliceLayout(2, L4)  # (KW, BB, NO)
+        LO: gl.constexpr = gl.SliceLayout(0, LC)  # (BB, NO)
+        NO: gl.constexpr = 2 * BH
+        KSPAN: gl.constexpr = K // KW
+        pid = gl.program_id(0)
+        nc = N // NO
+        pid_b, pid_c = pid // nc, pid % nc
+        # operand A's index tensors (KW, BB, KI)
+        aw = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, LA))), 1), 2)
+        ar = gl.expand_dims(gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(0, gl.SliceLayout(2, LA))), 0), 2)
+        ak = gl.expand_dims(gl.expand_dims(gl.arange(0, KI, layout=gl.SliceLayout(0, gl.SliceLayout(1, LA))), 0), 1)
+        a_off = (pid_b * BB + ar) * K + aw * KSPAN + ak
+        # operand W's (KW, KI, NO): the pair's two column blocks side by side
+        ww = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, LW))), 1), 2)
+        wk = gl.expand_dims(gl.expand_dims(gl.arange(0, KI, layout=gl.SliceLayout(0, gl.SliceLayout(2, LW))), 0), 2)
+        wn = gl.expand_dims(gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, gl.SliceLayout(1, LW))), 0), 1)
+        wcol = gl.where(wn < BH, pid_c * BH + wn, N // 2 + pid_c * BH + (wn - BH))
+        w_off = (ww * KSPAN + wk) * N + wcol
+        orow = gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(1, LO)), 1)
+        on = gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, LO)), 0)
+        ocol = gl.where(on < BH, pid_c * BH + on, N // 2 + pid_c * BH + (on - BH))
+        for t in range(T):
+            slot = t % 4
+            for p in range(P):
+                if PER_K:  # one accumulator per k of the register chunk: every product one FMA
+                    acc4 = gl.zeros([KW, BB, KI, NO], gl.float32, layout=L4)
+                    for k0 in gl.static_range(0, KSPAN, KI):
+                        a = gl.load(A + slot * B * K + a_off + k0, cache_modifier=".cg")
+                        w = gl.load(W + p * K * N + w_off + k0 * N)
+                        acc4 += gl.expand_dims(a, 3) * gl.expand_dims(w, 1)
+                    out = gl.sum(gl.sum(acc4, axis=2), axis=0)
+                else:  # the chunk summed in registers, then added (a multiply and an add more per chunk)
+                    acc = gl.zeros([KW, BB, NO], gl.float32, layout=LC)
+                    for k0 in gl.static_range(0, KSPAN, KI):
+                        a = gl.load(A + slot * B * K + a_off + k0, cache_modifier=".cg")
+                        w = gl.load(W + p * K * N + w_off + k0 * N)
+                        acc += gl.sum(gl.expand_dims(a, 3) * gl.expand_dims(w, 1), axis=2)
+                    out = gl.sum(acc, axis=0)
+                gl.store(O + ((slot * P + p) * B + pid_b * BB + orow) * N + ocol, out)
+
+
+    @gluon.jit
+    def gluon_staged(A, W, O, T, B: gl.constexpr, K: gl.constexpr, N: gl.constexpr, P: gl.constexpr,
+                     BB: gl.constexpr, BH: gl.constexpr, KI: gl.constexpr, KW: gl.constexpr, SWZ: gl.constexpr):
+        """As gluon_products (per-k accumulators), but the operands are staged in shared memory
+        by asynchronous copies: the step's A tile once, each pair's W block double-buffered (the
+        next pair's copy runs while this one computes)."""
+        NO: gl.constexpr = 2 * BH
+        KSPAN: gl.constexpr = K // KW
+        # rows g, g+4, g+8, g+12 per thread (the layout wraps): with A's 16-byte vectors swizzled
+        # by row in shared memory, the 4 row groups' loads fall in different banks
+        L4: gl.constexpr = gl.BlockedLayout([1, 1, KI, 4], [1, 4, 1, 8], [KW, 1, 1, 1], [3, 2, 1, 0])
+        LA: gl.constexpr = gl.SliceLayout(3, L4)
+        LW: gl.constexpr = gl.SliceLayout(1, L4)
+        LC: gl.constexpr = gl.SliceLayout(2, L4)
+        LO: gl.constexpr = gl.SliceLayout(0, LC)
+        # the copies: 16 bytes each, a warp's K slice per warp
+        CA: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 128 // KSPAN, KSPAN // 4], [KW, 1, 1], [2, 1, 0])
+        CW: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 4, 8], [KW, 1, 1], [2, 1, 0])
+        SA: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0])  # 16-byte vectors XOR-swizzled by row
+        SW: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+        pid = gl.program_id(0)
+        nc = N // NO
+        pid_b, pid_c = pid // nc, pid % nc
+        cw = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, CA))), 1), 2)
+        cr = gl.expand_dims(gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(0, gl.SliceLayout(2, CA))), 0), 2)
+        ck = gl.expand_dims(gl.expand_dims(gl.arange(0, KSPAN, layout=gl.SliceLayout(0, gl.SliceLayout(1, CA))), 0), 1)
+        a_off = (pid_b * BB + cr) * K + cw * KSPAN + ck
+        vw = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, CW))), 1), 2)
+        vk = gl.expand_dims(gl.expand_dims(gl.arange(0, KSPAN, layout=gl.SliceLayout(0, gl.SliceLayout(2, CW))), 0), 2)
+        vn = gl.expand_dims(gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, gl.SliceLayout(1, CW))), 0), 1)
+        w_off = (vw * KSPAN + vk) * N + gl.where(vn < BH, pid_c * BH + vn, N // 2 + pid_c * BH + (vn - BH))
+        orow = gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(1, LO)), 1)
+        on = gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, LO)), 0)
+        ocol = gl.where(on < BH, pid_c * BH + on, N // 2 + pid_c * BH + (on - BH))
+        if SWZ:
+            a_smem = gl.allocate_shared_memory(gl.float32, [KW, BB, KSPAN], SA)
+        else:  # plain rows: the row groups' loads of A conflict 4 ways
+            a_smem = gl.allocate_shared_memory(gl.float32, [KW, BB, KSPAN], SW)
+        w_smem = gl.allocate_shared_memory(gl.float32, [2, KW, KSPAN, NO], SW)  # the buffer index is not in the layout
+        cp.async_copy_global_to_shared(w_smem.index(0), W + w_off)  # pair 0 of step 0
+        cp.commit_group()
+        for t in range(T):
+            slot = t % 4
+            gl.thread_barrier()  # every warp is done with the last step's A
+            cp.async_copy_global_to_shared(a_smem, A + slot * B * K + a_off, cache_modifier=".cg")
+            cp.commit_group()
+            for p in range(P):
+                g = t * P + p
+                nxt = (p + 1) % P  # the next pair (the last one prefetches the next step's first)
+                cp.async_copy_global_to_shared(w_smem.index((g + 1) % 2), W + nxt * K * N + w_off)
+                cp.commit_group()
+                cp.wait_group(1)  # all but the copy just issued
+                gl.thread_barrier()  # and every thread's copies are visible
+                wbuf = w_smem.index(g % 2)
+                acc4 = gl.zeros([KW, BB, KI, NO], gl.float32, layout=L4)
+                for k0 in gl.static_range(0, KSPAN, KI):
+                    a = a_smem.slice(k0, KI, dim=2).load(LA)
+                    w = wbuf.slice(k0, KI, dim=1).load(LW)
+                    acc4 += gl.expand_dims(a, 3) * gl.expand_dims(w, 1)
+                out = gl.sum(gl.sum(acc4, axis=2), axis=0)
+                gl.thread_barrier()  # done reading this buffer before the next copy into it
+                gl.store(O + ((slot * P + p) * B + pid_b * BB + orow) * N + ocol, out)
+        cp.wait_group(0)
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=512)
+    ap.add_argument("--once", action="store_true",
+                    help="launch the tl.dot and the staged Gluon variant once each, untimed (for ncu)")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    T = args.steps
+    A = torch.randn(SLOTS, B, K, device="cuda")
+    W = torch.randn(P * K, N, device="cuda") / K ** 0.5
+    ref = torch.stack([torch.stack([A[s] @ W[p * K:(p + 1) * K] for p in range(P)]) for s in range(SLOTS)])
+    flop = 2 * B * K * N * P * T
+    rows = []
+    variants = [("dot 16x16 BK32", "dot", dict(BB=16, BH=16, BK=32, SAME_W=False), 4),
+                ("dot 16x16 BK32, one pair's weights for all (timing only)", "dot",
+                 dict(BB=16, BH=16, BK=32, SAME_W=True), 4),
+                ("dot 64x16 BK32 (all rows: weights read once per step)", "dot",
+                 dict(BB=64, BH=16, BK=32, SAME_W=False), 4),
+                ("dot 64x16 BK16 (all rows: weights read once per step)", "dot",
+                 dict(BB=64, BH=16, BK=16, SAME_W=False), 4),
+                ("dot 64x16 BK16, 8 warps", "dot", dict(BB=64, BH=16, BK=16, SAME_W=False), 8),
+                ("dot 64x8 BK16 (all rows, 64 programs)", "dot", dict(BB=64, BH=8, BK=16, SAME_W=False), 4)]
+    if gluon is not None:
+        variants += [(f"gluon 16x32 KI{ki} {'per-k acc' if per_k else 'chunk sum'}", "gluon",
+                      dict(BB=16, BH=16, KI=ki, KW=4, PER_K=per_k), 4)
+                     for ki, per_k in ((4, True),)]
+        variants += [(f"gluon staged 16x32 KI{ki}{'' if swz else ' unswizzled'}", "staged",
+                      dict(BB=16, BH=16, KI=ki, KW=4, SWZ=swz), 4)
+                     for ki, swz in ((1, True),)]
+        variants += [(f"gluon staged 16x32 KI{ki}, {kw} warps (K in {kw} slices)", "staged",
+                      dict(BB=16, BH=16, KI=ki, KW=kw, SWZ=True), kw) for ki, kw in ((1, 8), (2, 8), (1, 16))]
+    if args.once:
+        variants = [v for v in variants if v[0] in ("dot 16x16 BK32", "gluon staged 16x32 KI1")]
+    for name, kind, meta, warps in variants:
+        O = torch.zeros(SLOTS, P, B, N, device="cuda")
+        grid = (B // meta["BB"] * (N // (2 * meta["BH"])),)
+        kern = {"dot": dot_products, "gluon": gluon_products, "staged": gluon_staged if gluon else None}[kind]
+        try:
+            def run():
+                kern[grid](A, W, O, T, B, K, N, P, **meta, num_warps=warps)
+            run()
+            torch.cuda.synchronize()
+            err = ((O - ref).norm() / ref.norm()).item()
+            ms = do_bench(run, warmup=5, rep=50, return_mode="median") if not args.once else float("nan")
+            rows.append([name, f"{grid[0]} x {warps} warps", f"{err:.2e}", ms, flop / ms / 1e9])  # TFLOP/s
+        except Exception as exc:  # noqa: BLE001 - a variant that does not compile gets a row
+            rows.append([name, "-", f"ERROR {type(exc).__name__}: {str(exc)[:160]}", "-", "-"])
+        print(rows[-1], flush=True)
+    text = (f"## Product structure of the DARTS V2 forward, strict fp32 ({device_name()}, {stamp()})\n\n"
+            f"(B, K, N) = ({B}, {K}, {N}), {P} linear pairs per step, {T} steps; rel. error vs torch.matmul\n\n"
+            + md_table(["variant", "grid", "rel err", "ms", "TFLOP/s"], rows))
+    print(text)
+    (out_dir() / "fma_layout_probe.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
