@@ -69,6 +69,25 @@ def dot_products(A, W, O, T, B: tl.constexpr, K: tl.constexpr, N: tl.constexpr, 
 
 if gluon is not None:
     @gluon.jit
+    def _indices3(D0: gl.constexpr, D1: gl.constexpr, D2: gl.constexpr, L: gl.constexpr):
+        """An arange along each dim of the 3-D layout L, shaped to broadcast against each other."""
+        i0 = gl.expand_dims(gl.expand_dims(gl.arange(0, D0, layout=gl.SliceLayout(1, gl.SliceLayout(2, L))), 1), 2)
+        i1 = gl.expand_dims(gl.expand_dims(gl.arange(0, D1, layout=gl.SliceLayout(0, gl.SliceLayout(2, L))), 0), 2)
+        i2 = gl.expand_dims(gl.expand_dims(gl.arange(0, D2, layout=gl.SliceLayout(0, gl.SliceLayout(1, L))), 0), 1)
+        return i0, i1, i2
+
+    @gluon.jit
+    def _pair_col(n, pid_c, BH: gl.constexpr, N: gl.constexpr):
+        """Column n of a program's 2*BH outputs: its block of the pair's first half, then of the second."""
+        return gl.where(n < BH, pid_c * BH + n, N // 2 + pid_c * BH + (n - BH))
+
+    @gluon.jit
+    def _out_offsets(pid_b, pid_c, BB: gl.constexpr, BH: gl.constexpr, N: gl.constexpr, LO: gl.constexpr):
+        rows = gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(1, LO)), 1)
+        n = gl.expand_dims(gl.arange(0, 2 * BH, layout=gl.SliceLayout(0, LO)), 0)
+        return (pid_b * BB + rows) * N + _pair_col(n, pid_c, BH, N)
+
+    @gluon.jit
     def gluon_products(A, W, O, T, B: gl.constexpr, K: gl.constexpr, N: gl.constexpr, P: gl.constexpr,
                        BB: gl.constexpr, BH: gl.constexpr, KI: gl.constexpr, KW: gl.constexpr,
                        PER_K: gl.constexpr):
@@ -84,20 +103,10 @@ if gluon is not None:
         pid = gl.program_id(0)
         nc = N // NO
         pid_b, pid_c = pid // nc, pid % nc
-        # operand A's index tensors (KW, BB, KI)
-        aw = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, LA))), 1), 2)
-        ar = gl.expand_dims(gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(0, gl.SliceLayout(2, LA))), 0), 2)
-        ak = gl.expand_dims(gl.expand_dims(gl.arange(0, KI, layout=gl.SliceLayout(0, gl.SliceLayout(1, LA))), 0), 1)
+        aw, ar, ak = _indices3(KW, BB, KI, LA)  # operand A (KW, BB, KI)
         a_off = (pid_b * BB + ar) * K + aw * KSPAN + ak
-        # operand W's (KW, KI, NO): the pair's two column blocks side by side
-        ww = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, LW))), 1), 2)
-        wk = gl.expand_dims(gl.expand_dims(gl.arange(0, KI, layout=gl.SliceLayout(0, gl.SliceLayout(2, LW))), 0), 2)
-        wn = gl.expand_dims(gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, gl.SliceLayout(1, LW))), 0), 1)
-        wcol = gl.where(wn < BH, pid_c * BH + wn, N // 2 + pid_c * BH + (wn - BH))
-        w_off = (ww * KSPAN + wk) * N + wcol
-        orow = gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(1, LO)), 1)
-        on = gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, LO)), 0)
-        ocol = gl.where(on < BH, pid_c * BH + on, N // 2 + pid_c * BH + (on - BH))
+        ww, wk, wn = _indices3(KW, KI, NO, LW)  # operand W (KW, KI, NO): the pair's two blocks side by side
+        w_off = (ww * KSPAN + wk) * N + _pair_col(wn, pid_c, BH, N)
         for t in range(T):
             slot = t % 4
             for p in range(P):
@@ -115,8 +124,7 @@ if gluon is not None:
                         w = gl.load(W + p * K * N + w_off + k0 * N)
                         acc += gl.sum(gl.expand_dims(a, 3) * gl.expand_dims(w, 1), axis=2)
                     out = gl.sum(acc, axis=0)
-                gl.store(O + ((slot * P + p) * B + pid_b * BB + orow) * N + ocol, out)
-
+                gl.store(O + (slot * P + p) * B * N + _out_offsets(pid_b, pid_c, BB, BH, N, LO), out)
 
     @gluon.jit
     def gluon_staged(A, W, O, T, B: gl.constexpr, K: gl.constexpr, N: gl.constexpr, P: gl.constexpr,
@@ -141,17 +149,10 @@ if gluon is not None:
         pid = gl.program_id(0)
         nc = N // NO
         pid_b, pid_c = pid // nc, pid % nc
-        cw = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, CA))), 1), 2)
-        cr = gl.expand_dims(gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(0, gl.SliceLayout(2, CA))), 0), 2)
-        ck = gl.expand_dims(gl.expand_dims(gl.arange(0, KSPAN, layout=gl.SliceLayout(0, gl.SliceLayout(1, CA))), 0), 1)
+        cw, cr, ck = _indices3(KW, BB, KSPAN, CA)
         a_off = (pid_b * BB + cr) * K + cw * KSPAN + ck
-        vw = gl.expand_dims(gl.expand_dims(gl.arange(0, KW, layout=gl.SliceLayout(1, gl.SliceLayout(2, CW))), 1), 2)
-        vk = gl.expand_dims(gl.expand_dims(gl.arange(0, KSPAN, layout=gl.SliceLayout(0, gl.SliceLayout(2, CW))), 0), 2)
-        vn = gl.expand_dims(gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, gl.SliceLayout(1, CW))), 0), 1)
-        w_off = (vw * KSPAN + vk) * N + gl.where(vn < BH, pid_c * BH + vn, N // 2 + pid_c * BH + (vn - BH))
-        orow = gl.expand_dims(gl.arange(0, BB, layout=gl.SliceLayout(1, LO)), 1)
-        on = gl.expand_dims(gl.arange(0, NO, layout=gl.SliceLayout(0, LO)), 0)
-        ocol = gl.where(on < BH, pid_c * BH + on, N // 2 + pid_c * BH + (on - BH))
+        vw, vk, vn = _indices3(KW, KSPAN, NO, CW)
+        w_off = (vw * KSPAN + vk) * N + _pair_col(vn, pid_c, BH, N)
         if SWZ:
             a_smem = gl.allocate_shared_memory(gl.float32, [KW, BB, KSPAN], SA)
         else:  # plain rows: the row groups' loads of A conflict 4 ways
@@ -179,7 +180,7 @@ if gluon is not None:
                     acc4 += gl.expand_dims(a, 3) * gl.expand_dims(w, 1)
                 out = gl.sum(gl.sum(acc4, axis=2), axis=0)
                 gl.thread_barrier()  # done reading this buffer before the next copy into it
-                gl.store(O + ((slot * P + p) * B + pid_b * BB + orow) * N + ocol, out)
+                gl.store(O + (slot * P + p) * B * N + _out_offsets(pid_b, pid_c, BB, BH, N, LO), out)
         cp.wait_group(0)
 
 def main() -> None:
@@ -218,7 +219,7 @@ def main() -> None:
     for name, kind, meta, warps in variants:
         O = torch.zeros(SLOTS, P, B, N, device="cuda")
         grid = (B // meta["BB"] * (N // (2 * meta["BH"])),)
-        kern = {"dot": dot_products, "gluon": gluon_products, "staged": gluon_staged if gluon else None}[kind]
+        kern = dot_products if kind == "dot" else {"gluon": gluon_products, "staged": gluon_staged}[kind]
         try:
             def run():
                 kern[grid](A, W, O, T, B, K, N, P, **meta, num_warps=warps)
