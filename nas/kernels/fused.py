@@ -46,12 +46,18 @@ MAX_BLOCK_H = 64  # the interpreter's single-program blocks
 ACC_BUDGET = 8192  # fp32 accumulator elements per program in one pass (register pressure)
 
 
+def _pow2(v: int) -> bool:
+    return v > 0 and not v & (v - 1)
+
+
 def _tuning_override(kernel: str = "fwd") -> tuple[int, ...] | None:
     """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS[,KP]]]" pins the blocks
     (benchmarks, tuning; STAGES 0 = Triton's default, KS = K slices per program, a power of two,
     0 = the rule; KP = programs in a K group, a power of two up to 8, 0 = the rule);
     NAS_FUSED_BLOCKS_BWD pins the backward kernel's alone (the two kernels share no layout)."""
-    name = "NAS_FUSED_BLOCKS_BWD" if kernel == "bwd" and os.environ.get("NAS_FUSED_BLOCKS_BWD") else "NAS_FUSED_BLOCKS"
+    name = "NAS_FUSED_BLOCKS"
+    if kernel == "bwd" and os.environ.get("NAS_FUSED_BLOCKS_BWD", "").strip():
+        name = "NAS_FUSED_BLOCKS_BWD"
     text = os.environ.get(name, "").strip()
     if not text:
         return None
@@ -59,11 +65,8 @@ def _tuning_override(kernel: str = "fwd") -> tuple[int, ...] | None:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
         vals = ()
-    def pow2(v: int) -> bool:
-        return v > 0 and not v & (v - 1)
-
-    if (len(vals) not in (4, 5, 6, 7) or not all(pow2(v) for v in vals[:4]) or vals[2] < 16
-            or (len(vals) >= 6 and vals[5] and not pow2(vals[5]))
+    if (len(vals) not in (4, 5, 6, 7) or not all(_pow2(v) for v in vals[:4]) or vals[2] < 16
+            or (len(vals) >= 6 and vals[5] and not _pow2(vals[5]))
             or (len(vals) == 7 and vals[6] not in (0, 1, 2, 4, 8))):
         raise ValueError(f"{name}={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS"
                          "[,STAGES[,KS[,KP]]] (the first four powers of two, BLOCK_K >= 16 as tl.dot needs; "
