@@ -1,6 +1,6 @@
 """Is Triton's FMA dot the limit of the fused kernel in strict fp32? (development probe, GPU)
 
-    python benchmarks/fma_layout_probe.py [--steps 512] [--once]
+    python benchmarks/fma_layout_probe.py [--steps 512] [--once] [--ncu]
 
 The fused kernel's DARTS V2 forward spends its time in per-step products of a 16-row tile
 of the batch with a 16-column block of each of 9 linear pairs' weights (K = 512), one
@@ -12,13 +12,17 @@ work, written two ways over the same memory:
           accumulators, one per k of its register chunk, so every product is one FMA),
           operands are loaded as vectors straight into the registers that use them, and the
           partial tiles are summed once per product.
-Both are checked against torch.matmul (fp32, tf32 off). The ratio tells whether rewriting
+Both are checked against torch.matmul (fp32, tf32 off). --ncu profiles one launch of each
+under Nsight Compute (`--set full`, source counters) into $OUT/ncu_fma.txt. The ratio tells whether rewriting
 the fused kernel's products with explicit layouts is worth it (benchmarks/fused_notes.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -188,7 +192,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=512)
     ap.add_argument("--once", action="store_true",
                     help="launch the tl.dot and the staged Gluon variant once each, untimed (for ncu)")
+    ap.add_argument("--ncu", action="store_true", help="run --once --steps 64 under Nsight Compute")
     args = ap.parse_args()
+    if args.ncu:
+        exe = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))), "ncu")
+        cmd = [exe, "--clock-control", "none", "--set", "full", "--import-source", "yes", "--kernel-name",
+               "regex:dot_products|gluon_staged", "--launch-count", "2", sys.executable, __file__, "--once",
+               "--steps", "64"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=500)
+        (out_dir() / "ncu_fma.txt").write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
+        print(res.stdout[-8000:])
+        return
     torch.backends.cuda.matmul.allow_tf32 = False
     T = args.steps
     A = torch.randn(SLOTS, B, K, device="cuda")
