@@ -334,15 +334,20 @@ def test_programs_that_split_columns_and_k_match_reference(cell: str, kp: int, c
     assert out_err < 1e-12 and grad_err < 1e-12, (cell, kp, out_err, grad_err)
 
 
+@pytest.mark.parametrize("layout", ["two blocks per program", "K slices"])
 @pytest.mark.parametrize("cell", ["lstm", "darts_v2"])
-def test_k_groups_over_several_column_blocks_per_program(cell: str, concurrent_programs) -> None:
-    """A K group whose programs each own two column blocks (JPP = 2, one program per group and
-    tile): the group's exchange runs once per block; float64 against the reference."""
+def test_k_groups_with_several_blocks_or_k_slices(cell: str, layout: str, concurrent_programs) -> None:
+    """K groups of 2 whose programs each own two column blocks (JPP = 2: the exchange runs once
+    per block), or whose products run in 2 K slices (KS = 2, the matrix units' 3-D path, over the
+    group's rows); float64 against the reference."""
     from nas.genotypes import darts_assignment
 
     space = load_space(SPACES / ("darts_ptb.cell" if cell == "darts_v2" else "lstm.cell"))
     graph = space.instantiate(darts_assignment(space) if cell == "darts_v2" else {})
-    blocks = dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=2, NK=1, NPC=1, KS=1, KP=2, NB=2, num_warps=4)
+    if layout == "K slices":
+        H, blocks = 16, dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=1, NPC=4, KS=2, KP=2, NB=2, num_warps=4)
+    else:
+        H, blocks = 8, dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=2, NK=1, NPC=1, KS=1, KP=2, NB=2, num_warps=4)
     concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
-    out_err, grad_err = compare(graph, B=7, T=3, I=5, H=8)
-    assert out_err < 1e-12 and grad_err < 1e-12, (cell, out_err, grad_err)
+    out_err, grad_err = compare(graph, B=7, T=3, I=5, H=H)
+    assert out_err < 1e-12 and grad_err < 1e-12, (cell, layout, out_err, grad_err)

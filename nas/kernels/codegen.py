@@ -389,7 +389,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         partial products (each warp's own) are summed once after the loop."""
         lins = sorted({li for li, _, _ in pparts})
         for li in lins if split else []:
-            e(ind, f"p{li} = tl.zeros([KS, BLOCK_B, BLOCK_H], dtype=ACC)")
+            e(ind, f"p{li} = tl.zeros([KS, KP * BLOCK_B, BLOCK_H], dtype=ACC)")
         e(ind, "for k in range(NK):")
         (k_head3 if split else k_head)(ind + 1)
         for w in sorted({w for _, w, _ in pparts}):
