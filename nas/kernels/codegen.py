@@ -286,7 +286,9 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "bar = BAR + pid_b  # the tile's barrier")
         e(ind, "barq = BAR + tl.cdiv(B, KP * BLOCK_B) + pid_b * NPC + pid_c  # the K group's")
 
-    def rows(ind: int) -> None:
+    def rows(ind: int, products: tuple[tuple[str, str], ...]) -> None:
+        """Step t's row offsets: of this program's rows, and of the product rows (the K group's
+        tile) in the tensors the kernel's products read (`products`: (name, row width))."""
         e(ind, "tb = t * B + rb")
         e(ind, "xrow = (tb * XW)[:, None]")
         e(ind, "lrow = (tb * LW)[:, None]")
@@ -294,9 +296,8 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "prow = (tb * SW)[:, None]")
         e(ind, "nrow = ((tb + B) * SW)[:, None]")
         e(ind, "tp = t * B + rp")
-        e(ind, "pxrow = (tp * XW)[:, None]")
-        e(ind, "pvrow = (tp * VW)[:, None]")
-        e(ind, "pprow = (tp * SW)[:, None]")
+        for name, width in products:
+            e(ind, f"{name} = (tp * {width})[:, None]")
 
     def block_head(ind: int) -> None:
         e(ind, "j = pid_c + jj * NPC")
@@ -373,7 +374,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     e(0, f"def fwd(XP, S, PRE, V, SCR, BAR, {wt_args}{consts_sig}):")
     prologue(1)
     e(1, "for t in range(T):")
-    rows(2)
+    rows(2, (("pvrow", "VW"), ("pprow", "SW")))  # sources: V and S
 
     def col3(slot: int) -> str:
         return f"({slot} * H + ck)[:, None, :]"
@@ -449,7 +450,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     e(1, f"WW = {max(len(spec.wsrcs), 1)} * H  # SCR's row: one block per weight source")
     e(1, "for r in range(T):")
     e(2, "t = T - 1 - r")
-    rows(2)
+    rows(2, (("pxrow", "XW"),))  # phase B reads dpre in DXP
     e(2, "gcur = (((t % 2) * B + rb) * SW)[:, None]  # d loss / d S[t], built during this step")
     e(2, "gnxt = ((((t + 1) % 2) * B + rb) * SW)[:, None]  # d loss / d S[t+1] through later steps")
     silent_states = [s for s in states if ("state", s) not in spec.events]
