@@ -1,7 +1,7 @@
 """Where the fused sequential kernel's time goes, and the scan kernel's tuning (development
 probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.md).
 
-    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd]
+    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd,prof,kc,kcbwd]
 
 scan   the forward scan kernel (it prefetches the next tile) over (BLOCK_T, BLOCK_D, warps),
        against the device-to-device copy
@@ -15,6 +15,9 @@ tune   split-K (KS) and tile choices for every case of the issue's tables (rule 
 kp     K groups (KP programs share a column block's K, then each finishes its rows) against
        the rule, DARTS V2 and the LSTM
 bwd    the backward kernel's blocks alone (NAS_FUSED_BLOCKS_BWD), DARTS V2 fp32
+kc     K groups over columns (KC), DARTS V2 and the LSTM in fp32; kcbwd: the backward's alone
+prof   DARTS V2 fp32 under torch.profiler (the kernels' shares), and a GEMM on a second
+       stream beside the fused kernel (does it overlap?)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
        LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt
 """
@@ -288,6 +291,88 @@ def part_bwd() -> None:
          rows)
 
 
+def part_kc() -> None:
+    """K groups over columns (KC = KP: the group's product tile is KP column blocks wide, each
+    program sums one KP-th of K over it, then finishes its own block): the products-alone probe
+    (fma_layout_probe.py, 2026-12-02 13:40) ran 16x128 FMA tiles at 24.8 TFLOP/s against 14.1
+    for the kernel's 16x16 ones."""
+    lstm, v2 = space("lstm").instantiate({}), darts_v2()
+    kc = ("KC4 BK16=16,16,16,4,0,1,4,4;KC4 BK16 st1=16,16,16,4,1,1,4,4;KC8 BK16=16,16,16,4,0,1,8,8;"
+          "KC8 BK16 st1=16,16,16,4,1,1,8,8;KC8=16,16,32,4,0,1,8,8;KC2=16,16,32,4,0,1,2,2;"
+          "KC8 BK16 w8=16,16,16,8,0,1,8,8")
+    cases = [("darts_v2 64x512x512 fp32", v2, (64, 512, 512), torch.float32, False, False, "rule=;" + kc),
+             ("lstm 64x512x512 fp32", lstm, (64, 512, 512), torch.float32, False, True,
+              "rule=;KC4 BK16=16,16,16,4,0,1,4,4;KC8 BK16=16,16,16,4,0,1,8,8"),
+             ("lstm 256x256x1024 fp32", lstm, (256, 256, 1024), torch.float32, False, True,
+              "rule=;KC8 BK16=16,16,16,4,0,1,8,8;KC4 BK16=16,16,16,4,0,1,4,4")]
+    run_cases("K groups over columns", cases)
+
+
+def part_kcbwd() -> None:
+    """The backward kernel alone with K groups over columns (its products are only H wide per
+    source; at 14:03 KC 8 with 8 warps in both kernels left the backward 1.5 ms faster)."""
+    variants = [Variant("rule")] + [Variant(f"bwd {b}", bwd_blocks=b) for b in (
+        "16,16,16,8,0,1,8,8", "16,16,16,8,1,1,8,8", "16,16,16,8,1,1,4,4", "16,16,16,4,1,1,4,4")]
+    rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+    emit("DARTS V2 fp32: the backward with K groups over columns", ["case", "variant", "blocks", "fwd ms",
+                                                                    "fwd+bwd ms", "/ cuDNN"], rows)
+
+
+def part_prof() -> None:
+    """Where DARTS V2's fp32 forward+backward goes (the CUDA kernels, torch.profiler), and
+    whether a weight-gradient-sized GEMM on a second stream overlaps the fused kernel (the
+    fused kernel keeps one program per SM, issuing an instruction every ~3 cycles per scheduler;
+    a co-resident GEMM could use the rest)."""
+    from torch.profiler import ProfilerActivity, profile
+    g, (B, T, H) = darts_v2(), (64, 512, 512)
+    with tf32(False):
+        torch.manual_seed(0)
+        model = build_rnn(g, H, H, 1, backend="triton").cuda()
+        x = torch.randn(B, T, H, device="cuda", requires_grad=True)
+        fb = fwd_bwd(model, x)
+        for _ in range(3):
+            fb()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                fb()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+        print(table, flush=True)
+        REPORT.append("## DARTS V2 (64, 512, 512) fp32 forward+backward, 3 calls, CUDA kernels\n\n```\n" + table + "\n```")
+
+        def fwd_only():
+            with torch.no_grad():
+                model(x)
+        dp = torch.randn(T * B, 18 * H, device="cuda")
+        vals = torch.randn(T * B, H, device="cuda")
+        side = torch.cuda.Stream()
+
+        def gemm():
+            return dp.t() @ vals
+
+        def both(gemm_first: bool):
+            def run():
+                ev = torch.cuda.Event()
+                ev.record()
+                if not gemm_first:
+                    fwd_only()
+                with torch.cuda.stream(side):
+                    side.wait_event(ev)
+                    gemm()
+                if gemm_first:
+                    fwd_only()
+                torch.cuda.current_stream().wait_stream(side)
+            return run
+        rows = []
+        for name, fn in (("fused forward alone", fwd_only), ("GEMM (9216 x 32768) @ (32768 x 512) alone", gemm),
+                         ("both, fused launched first", both(False)), ("both, GEMM launched first", both(True)),
+                         ("forward+backward (rule)", fb)):
+            rows.append([name, do_bench(fn, warmup=5, rep=60, return_mode="median")])
+            log(f"prof {rows[-1]}")
+        emit("A GEMM on a second stream beside the fused kernel (DARTS V2 fp32)", ["case", "ms"], rows)
+
+
 def ncu_target(which: str) -> None:
     """One forward+backward (the launches ncu profiles)."""
     if which == "darts":
@@ -304,7 +389,7 @@ def ncu_target(which: str) -> None:
 def part_ncu() -> None:
     sections = ["SpeedOfLight", "Occupancy", "LaunchStats", "WarpStateStats", "SchedulerStats",
                 "MemoryWorkloadAnalysis", "ComputeWorkloadAnalysis", "InstructionStats", "SourceCounters"]
-    for which in ("darts", "lstm"):
+    for which in os.environ.get("PROBE_NCU", "darts,lstm").split(","):  # which cases
         import glob
         import shutil
         exe = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))), "ncu")
@@ -335,7 +420,9 @@ def main() -> None:
     for part in args.parts.split(","):
         try:
             {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune,
-             "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd}[part]()
+             "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd,
+             "prof": part_prof, "kc": part_kc,
+             "kcbwd": part_kcbwd}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))
