@@ -89,7 +89,8 @@ def check(quick: bool, only: str = "") -> list[list]:
                     ok = out_err < tol and grad_err < tol and same
                     blocks = choose_blocks(fast.layers[0].spec, B, H, torch.device("cuda"))
                     rows.append([name, f"{B}x{T}x{H}", str(dtype)[6:], out_err, grad_err,
-                                 f"NPC={blocks['NPC']} BB={blocks['BLOCK_B']} BH={blocks['BLOCK_H']} KP={blocks['KP']}",
+                                 f"NPC={blocks['NPC']} BB={blocks['BLOCK_B']} BH={blocks['BLOCK_H']} "
+                                 f"KP={blocks['KP']} KC={blocks['KC']}",
                                  ("ok" if ok else "FAIL") + ("" if same else " (RACE: runs differ)")])
                 except Exception as exc:  # noqa: BLE001
                     traceback.print_exc()

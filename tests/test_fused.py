@@ -244,8 +244,12 @@ def test_block_override_is_checked(monkeypatch) -> None:
     b = rule(spec, 64, 512, torch.float32)
     assert (b["BLOCK_B"], b["BLOCK_H"], b["KS"], b["KP"], b["NK"], b["JPP"]) == (16, 16, 1, 2, 8, 1)
     assert rule(spec, 3000, 512, torch.float32)["KP"] == 1  # more groups than SMs: one program per K
+    monkeypatch.setenv("NAS_FUSED_BLOCKS", "16,16,16,4,0,1,8,8")  # K groups of 8 side by side over columns
+    b = rule(spec, 64, 512, torch.float32)
+    assert (b["KP"], b["KC"], b["NB"], b["NPC"], b["JPP"], b["NK"]) == (8, 8, 4, 4, 1, 4), b
+    assert b["NB"] * b["NPC"] * b["KP"] <= 132 and b["NPC"] * b["JPP"] * b["KC"] * b["BLOCK_H"] >= 512
     for bad in ("16,16,32,4,0,1,3", "16,16,32,4,0,1,16", "16,16,8,4", "12,16,32,4", "16,16,32,4,0,3", "16,16,32",
-                "a,b,c,d"):
+                "a,b,c,d", "16,16,32,4,0,1,2,4", "16,16,32,4,0,1,4,3"):
         monkeypatch.setenv("NAS_FUSED_BLOCKS", bad)
         with pytest.raises(ValueError, match="NAS_FUSED_BLOCKS"):
             rule(spec, 64, 512, torch.float32)
@@ -351,3 +355,33 @@ def test_k_groups_with_several_blocks_or_k_slices(cell: str, layout: str, concur
     concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
     out_err, grad_err = compare(graph, B=7, T=3, I=5, H=H)
     assert out_err < 1e-12 and grad_err < 1e-12, (cell, layout, out_err, grad_err)
+
+
+@pytest.mark.parametrize("cell,kp,kc,jpp,ks", [("darts_v2", 4, 4, 1, 1), ("darts_v2", 4, 2, 1, 1),
+                                               ("darts_v2", 2, 2, 2, 1), ("lstm", 2, 2, 1, 2),
+                                               ("nasbench_nlp", 4, 4, 1, 1)])
+def test_k_groups_over_columns_match_reference(cell: str, kp: int, kc: int, jpp: int, ks: int,
+                                               concurrent_programs) -> None:
+    """K groups whose product tile lies over columns (KC > 1: KC column blocks side by side,
+    KP // KC row blocks): each program sums one KP-th of K over the whole tile, then finishes
+    its own block; also with two column groups per program (JPP = 2) and with K slices (KS = 2,
+    the 3-D path); float64 with concurrent programs against the reference."""
+    from nas.genotypes import darts_assignment
+
+    name = "darts_ptb" if cell == "darts_v2" else cell
+    space = load_space(SPACES / f"{name}.cell")
+    if cell == "darts_v2":
+        graph = space.instantiate(darts_assignment(space))
+    elif cell == "lstm":
+        graph = space.instantiate({})
+    else:
+        rng = random.Random(11)
+        graph = next(g for g in (space.instantiate(space.sample(rng)) for _ in range(200))
+                     if choose_backend(g, "auto") == "fused")
+    B, H, bh, bb, bk = 5, 16, 4, 2, 4
+    groups = -(-H // (kc * bh))
+    blocks = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=jpp, NK=-(-H // (kp * ks * bk)), NPC=-(-groups // jpp),
+                  KS=ks, KP=kp, KC=kc, NB=-(-B // (kp // kc * bb)), num_warps=4)
+    concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
+    out_err, grad_err = compare(graph, B=B, T=3, I=5, H=H)
+    assert out_err < 1e-12 and grad_err < 1e-12, (cell, blocks, out_err, grad_err)

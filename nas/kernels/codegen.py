@@ -18,8 +18,9 @@ hash is there because the kernel's argument layout follows the plan's node order
 isomorphic cells written differently do not share. Files are written atomically, so
 concurrent workers may share the cache.
 
-The kernels (grid: NB batch tiles of KP * BLOCK_B rows x NPC column programs x KP; each
-program owns BLOCK_B rows and every NPC-th block of BLOCK_H hidden columns; the whole time
+The kernels (grid: NB batch tiles of KP // KC * BLOCK_B rows x NPC column programs x KP;
+each program owns BLOCK_B rows and every NPC-th group of KC blocks of BLOCK_H hidden
+columns, one block of each group (all of it with KC = 1); the whole time
 loop runs inside). A step runs in passes (`nas.kernels.fused_spec`: a linear that projects
 a per-step node, as in DARTS/ENAS, runs one pass after it):
   fwd: for t, for each pass k, per owned column block: the pass's linears' pre-activations
@@ -32,11 +33,13 @@ a per-step node, as in DARTS/ENAS, runs one pass after it):
        matrix units, see `choose_blocks`) the K-loop runs 3-D products: slice s of KS
        covers one KS-th of the columns, each warp accumulates its own slice, and the slices
        are summed once after the loop (phase B below does the same). With KP > 1 a K group
-       of KP programs shares a column block over a tile of KP * BLOCK_B rows: each sums one
-       KP-th of K for all the tile's rows (larger products: more outputs per thread for the
-       same operand loads, and the weights read once per tile), stores them in SCR, a
-       barrier among the group, and each adds up the KP parts of its own BLOCK_B rows and
-       runs the rest of the pass on them (phase B: the same exchange).
+       of KP programs shares a product tile of KP // KC * BLOCK_B rows by KC * BLOCK_H
+       columns: each sums one KP-th of K over the whole tile (larger products: more outputs
+       per thread for the same operand loads), stores them in SCR, a barrier among the
+       group, and each adds up the KP parts of its own BLOCK_B x BLOCK_H block and runs the
+       rest of the pass on it (phase B: the same exchange). KC = 1 stacks the group's rows,
+       KC = KP its columns (wider FMA products: Triton's FMA dot loads fewer operands per
+       FMA for wide tiles than for tall ones).
   bwd: for t = T-1 .. 0, for each pass k from the last: phase A, per owned block: reload
        and recompute, run the pass's elementwise graph backwards (derivative code per
        op), write its linears' dpre to DXP, and add gradients for values of earlier
@@ -265,17 +268,20 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
 
     def prologue(ind: int) -> None:
         e(ind, "pid = tl.program_id(0)")
-        e(ind, "pid_k = pid % KP  # the part of K this program sums, and the rows of the tile it finishes")
+        e(ind, "pid_k = pid % KP  # the part of K this program sums, and the rows or columns it finishes")
+        e(ind, "kr = pid_k // KC  # a K group's product tile: KP // KC row blocks by KC column blocks")
+        e(ind, "kc = pid_k % KC")
         e(ind, "pid_b = pid // (KP * NPC)")
         e(ind, "pid_c = (pid // KP) % NPC")
         e(ind, "kbase = pid_k * (KS * NK * BLOCK_K)")
         e(ind, "ep = 0  # tile barriers passed")
         e(ind, "eq = 0  # K-group barriers passed")
-        e(ind, "rp = (pid_b * (KP * BLOCK_B) + tl.arange(0, KP * BLOCK_B)).to(tl.int64)  # the products' rows")
+        e(ind, "rp = (pid_b * (KP // KC * BLOCK_B) + tl.arange(0, KP // KC * BLOCK_B)).to(tl.int64)  # products' rows")
         e(ind, "mp = rp < B")
-        e(ind, "rb = (pid_b * (KP * BLOCK_B) + pid_k * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # its rows")
+        e(ind, "rb = (pid_b * (KP // KC * BLOCK_B) + kr * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # its rows")
         e(ind, "mb = rb < B")
         e(ind, "cols = tl.arange(0, BLOCK_H)")
+        e(ind, "pcols = tl.arange(0, KC * BLOCK_H)")
         e(ind, "kk = tl.arange(0, BLOCK_K)")
         e(ind, "ks = tl.arange(0, KS)")
         e(ind, f"XW = {NX} * H")
@@ -284,7 +290,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, f"VW = {max(NV, 1)} * H")
         e(ind, f"GW = {max(NG, 1)} * H")
         e(ind, "bar = BAR + pid_b  # the tile's barrier")
-        e(ind, "barq = BAR + tl.cdiv(B, KP * BLOCK_B) + pid_b * NPC + pid_c  # the K group's")
+        e(ind, "barq = BAR + tl.cdiv(B, KP // KC * BLOCK_B) + pid_b * NPC + pid_c  # the K group's")
 
     def rows(ind: int, products: tuple[tuple[str, str], ...]) -> None:
         """Step t's row offsets: of this program's rows, and of the product rows (the K group's
@@ -300,25 +306,28 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             e(ind, f"{name} = (tp * {width})[:, None]")
 
     def block_head(ind: int) -> None:
-        e(ind, "j = pid_c + jj * NPC")
+        e(ind, "cg = pid_c + jj * NPC  # the column group: KC blocks (one without K groups over columns)")
+        e(ind, "j = cg * KC + kc  # this program's own column block")
         e(ind, "cj = j * BLOCK_H + cols")
         e(ind, "mj = cj < H")
         e(ind, "m2 = mb[:, None] & mj[None, :]")
-        e(ind, "mp2 = mp[:, None] & mj[None, :]")
+        e(ind, "cp = cg * (KC * BLOCK_H) + pcols  # the products' columns")
+        e(ind, "mc = cp < H")
+        e(ind, "mp2 = mp[:, None] & mc[None, :]")
         e(ind, "zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)")
 
     def k_head(ind: int) -> None:
         e(ind, "ck = kbase + k * BLOCK_K + kk")
         e(ind, "mk = ck < H")
         e(ind, "ma = mp[:, None] & mk[None, :]")
-        e(ind, "mw = mk[:, None] & mj[None, :]")
+        e(ind, "mw = mk[:, None] & mc[None, :]")
 
     def k_head3(ind: int) -> None:
         """Split K: slice s of the KS slices covers columns kbase + [s*NK*BLOCK_K, (s+1)*NK*BLOCK_K)."""
         e(ind, "ck = (kbase + ks * (NK * BLOCK_K) + k * BLOCK_K)[:, None] + kk[None, :]  # (KS, BLOCK_K)")
         e(ind, "mk = ck < H")
-        e(ind, "ma = mp[None, :, None] & mk[:, None, :]  # (KS, KP * BLOCK_B, BLOCK_K)")
-        e(ind, "mw = mk[:, :, None] & mj[None, None, :]  # (KS, BLOCK_K, BLOCK_H)")
+        e(ind, "ma = mp[None, :, None] & mk[:, None, :]  # (KS, KP // KC * BLOCK_B, BLOCK_K)")
+        e(ind, "mw = mk[:, :, None] & mc[None, None, :]  # (KS, BLOCK_K, KC * BLOCK_H)")
 
     def values(ind: int, need: set[str], k: int, forward: bool) -> None:
         """Loads and recomputes, per column block, every value in `need`."""
@@ -349,26 +358,33 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             else:
                 e(ind, f"{var[nid]} = {FWD[n.op](args)}")
 
-    def group_exchange(sums: list[tuple[str, str, str]], width: str) -> None:
+    def group_exchange(sums: list[tuple[str, int, str]], width: str, stored: bool = False) -> None:
         """A K group (KP > 1) reduce-scatters its partial products: every program stores its
-        sums over the tile's rows in SCR[pid_k] (at `slot` of a row of `width` columns), a
-        barrier among the group, and each program adds up all KP parts of its own rows onto
-        `start` (the x part and bias, or zero). `sums`: (variable, slot, start)."""
+        sums over the group's product tile in SCR[pid_k] (at block `slot` of a row of `width`
+        columns), a barrier among the group, and each program adds up all KP parts of its own
+        rows and columns onto `start` (the x part and bias, or zero). `sums`: (variable, slot,
+        start); `stored`: over columns with one K slice the products are in SCR already
+        (`group_products`)."""
         e(3, "if KP > 1:  # reduce-scatter across the K group")
+        ind = 4
+        if stored:
+            e(4, "if KS > 1 or KC == 1:  # (else each product went to SCR as its K-loop ended)")
+            ind = 5
         for name, slot, _ in sums:
-            e(4, f"tl.store(SCR + ((pid_k * B + rp) * {width})[:, None] + {slot}, {name}, mask=mp2)")
+            e(ind, f"tl.store(SCR + ((pid_k * B + rp) * {width})[:, None] + {col(slot, 'cp')}, {name}, mask=mp2)")
         e(4, "eq += 1")
         e(4, "_sync(barq, eq, KP)")
         for name, slot, start in sums:
             e(4, f"{name} = {start}")
             e(4, "for q in tl.static_range(KP):")
-            e(5, f"{name} += tl.load(SCR + ((q * B + rb) * {width})[:, None] + {slot}, mask=m2, other=0.0, "
+            e(5, f"{name} += tl.load(SCR + ((q * B + rb) * {width})[:, None] + {col(slot)}, mask=m2, other=0.0, "
                  "cache_modifier='.cg')")
 
     # ---- forward kernel --------------------------------------------------------------------
     wt_args = "".join(f"WT{w}, " for w in range(len(spec.wsrcs)))
     consts_sig = ("B, T, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, "
                   "JPP: tl.constexpr, NK: tl.constexpr, NPC: tl.constexpr, KS: tl.constexpr, KP: tl.constexpr, "
+                  "KC: tl.constexpr, "
                   "ACC: tl.constexpr, PREC: tl.constexpr")
     e(0, "@triton.jit")
     e(0, f"def fwd(XP, S, PRE, V, SCR, BAR, {wt_args}{consts_sig}):")
@@ -390,7 +406,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         partial products (each warp's own) are summed once after the loop."""
         lins = sorted({li for li, _, _ in pparts})
         for li in lins if split else []:
-            e(ind, f"p{li} = tl.zeros([KS, KP * BLOCK_B, BLOCK_H], dtype=ACC)")
+            e(ind, f"p{li} = tl.zeros([KS, KP // KC * BLOCK_B, KC * BLOCK_H], dtype=ACC)")
         e(ind, "for k in range(NK):")
         (k_head3 if split else k_head)(ind + 1)
         for w in sorted({w for _, w, _ in pparts}):
@@ -399,12 +415,30 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             ld = spec.wrows[spec.wsrcs[w]]
             acc = f"p{li}" if split else var[spec.linears[li]]
             rows_ = "ck[:, :, None]" if split else "ck[:, None]"
-            cols_ = f"({row} * H + cj)[None, None, :]" if split else f"({row} * H + cj)[None, :]"
+            cols_ = f"({row} * H + cp)[None, None, :]" if split else f"({row} * H + cp)[None, :]"
             e(ind + 1, f"w_ = tl.load(WT{w} + {rows_} * ({ld} * H) + {cols_}, mask=mw, other=0.0)")
             e(ind + 1, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
         for li in lins if split else []:
             lv = var[spec.linears[li]]
             e(ind, f"{lv} = {lv} + tl.sum(p{li}, axis=0)")
+
+    def group_products(ind: int, pparts) -> None:
+        """A K group's products over columns (KC > 1) with one K slice: one linear at a time,
+        each K-loop's sum stored in SCR when it ends, so that one accumulator of the wide tile
+        is live at a time (a pass's all at once spill more: DARTS V2's six in pass 2)."""
+        for li in sorted({li for li, _, _ in pparts}):
+            acc = var[spec.linears[li]]
+            e(ind, "for k in range(NK):")
+            k_head(ind + 1)
+            for li2, w, row in pparts:
+                if li2 != li:
+                    continue
+                src_load(w, ind + 1, f"a{w}", False)
+                ld = spec.wrows[spec.wsrcs[w]]
+                e(ind + 1, f"w_ = tl.load(WT{w} + ck[:, None] * ({ld} * H) + ({row} * H + cp)[None, :], "
+                           "mask=mw, other=0.0)")
+                e(ind + 1, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
+            e(ind, f"tl.store(SCR + ((pid_k * B + rp) * LW)[:, None] + {col(li, 'cp')}, {acc}, mask=mp2)")
 
     for k in range(P):
         e(2, f"# pass {k}")
@@ -419,12 +453,14 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
                 e(4, f"{var[spec.linears[li]]} = {xpart[li]}")
             e(3, "else:  # each part of K from zero, over the tile's rows")
             for li in lins:
-                e(4, f"{var[spec.linears[li]]} = tl.zeros([KP * BLOCK_B, BLOCK_H], dtype=ACC)")
-            e(3, "if KS == 1:")
+                e(4, f"{var[spec.linears[li]]} = tl.zeros([KP // KC * BLOCK_B, KC * BLOCK_H], dtype=ACC)")
+            e(3, "if KS == 1 and KC > 1:")
+            group_products(4, pparts)
+            e(3, "elif KS == 1:")
             forward_products(4, pparts, split=False)
             e(3, "else:")
             forward_products(4, pparts, split=True)
-            group_exchange([(var[spec.linears[li]], col(li), xpart[li]) for li in lins], "LW")
+            group_exchange([(var[spec.linears[li]], li, xpart[li]) for li in lins], "LW", stored=True)
         else:
             for li in lins:
                 e(3, f"{var[spec.linears[li]]} = {xpart[li]}")
@@ -474,16 +510,16 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     def backward_products(ind: int, w: int, mine, split: bool) -> None:
         """c<w> = sum of dpre @ W over the pass's linears that read source w (split as forward)."""
         acc = f"p{w}" if split else f"c{w}"
-        e(ind, f"{acc} = tl.zeros([KS, KP * BLOCK_B, BLOCK_H], dtype=ACC)" if split
-          else f"{acc} = tl.zeros([KP * BLOCK_B, BLOCK_H], dtype=ACC)")
+        e(ind, f"{acc} = tl.zeros([KS, KP // KC * BLOCK_B, KC * BLOCK_H], dtype=ACC)" if split
+          else f"{acc} = tl.zeros([KP // KC * BLOCK_B, KC * BLOCK_H], dtype=ACC)")
         e(ind, "for k in range(NK):")
         (k_head3 if split else k_head)(ind + 1)
         for li in sorted({li for li, _ in mine}):
             where = f"DXP + pxrow[None, :, :] + {col3(li)}" if split else f"DXP + pxrow + {col(li, 'ck')}"
             e(ind + 1, f"d{li} = tl.load({where}, mask=ma, other=0.0, cache_modifier='.cg')")
         for li, row in mine:
-            where = (f"W{w} + ({row} * H + ck)[:, :, None] * H + cj[None, None, :]" if split
-                     else f"W{w} + ({row} * H + ck)[:, None] * H + cj[None, :]")
+            where = (f"W{w} + ({row} * H + ck)[:, :, None] * H + cp[None, None, :]" if split
+                     else f"W{w} + ({row} * H + ck)[:, None] * H + cp[None, :]")
             e(ind + 1, f"w_ = tl.load({where}, mask=mw, other=0.0)")
             e(ind + 1, f"{acc} = tl.dot(d{li}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
         if split:
@@ -567,7 +603,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             backward_products(4, w, mine, split=False)
             e(3, "else:")
             backward_products(4, w, mine, split=True)
-        group_exchange([(f"c{w}", col(w), "zero") for w in srcs], "WW")
+        group_exchange([(f"c{w}", w, "zero") for w in srcs], "WW")
         for w in srcs:
             src = spec.wsrcs[w]
             write_acc(3, "state" if src in states else "gv", src, f"c{w}", ("B", k))

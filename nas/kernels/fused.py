@@ -51,9 +51,10 @@ def _pow2(v: int) -> bool:
 
 
 def _tuning_override(kernel: str = "fwd") -> tuple[int, ...] | None:
-    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS[,KP]]]" pins the blocks
+    """NAS_FUSED_BLOCKS="BLOCK_B,BLOCK_H,BLOCK_K,WARPS[,STAGES[,KS[,KP[,KC]]]]" pins the blocks
     (benchmarks, tuning; STAGES 0 = Triton's default, KS = K slices per program, a power of two,
-    0 = the rule; KP = programs in a K group, a power of two up to 8, 0 = the rule);
+    0 = the rule; KP = programs in a K group, a power of two up to 8, 0 = the rule; KC = how
+    many of them lie side by side over columns, 1 (rows, the default) up to KP);
     NAS_FUSED_BLOCKS_BWD pins the backward kernel's alone (the two kernels share no layout)."""
     name = "NAS_FUSED_BLOCKS"
     if kernel == "bwd" and os.environ.get("NAS_FUSED_BLOCKS_BWD", "").strip():
@@ -65,12 +66,14 @@ def _tuning_override(kernel: str = "fwd") -> tuple[int, ...] | None:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
         vals = ()
-    if (len(vals) not in (4, 5, 6, 7) or not all(_pow2(v) for v in vals[:4]) or vals[2] < 16
+    if (len(vals) not in (4, 5, 6, 7, 8) or not all(_pow2(v) for v in vals[:4]) or vals[2] < 16
             or (len(vals) >= 6 and vals[5] and not _pow2(vals[5]))
-            or (len(vals) == 7 and vals[6] not in (0, 1, 2, 4, 8))):
+            or (len(vals) >= 7 and vals[6] not in (0, 1, 2, 4, 8))
+            or (len(vals) == 8 and (vals[7] not in (0, 1, 2, 4, 8) or (vals[7] or 1) > max(1, vals[6])))):
         raise ValueError(f"{name}={text!r}: expected integers BLOCK_B,BLOCK_H,BLOCK_K,WARPS"
-                         "[,STAGES[,KS[,KP]]] (the first four powers of two, BLOCK_K >= 16 as tl.dot needs; "
-                         "KS a power of two, KP 1, 2, 4 or 8; 0 = the rule for KS and KP)")
+                         "[,STAGES[,KS[,KP[,KC]]]] (the first four powers of two, BLOCK_K >= 16 as tl.dot needs; "
+                         "KS a power of two, KP 1, 2, 4 or 8, KC 1, 2, 4 or 8 and at most KP; 0 = the rule for "
+                         "KS and KP, 1 for KC)")
     return vals
 
 
@@ -126,7 +129,7 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
         bh = max(MIN_BLOCK, min(triton.next_power_of_2(H), MAX_BLOCK_H if n_values <= 48 else MAX_BLOCK_H // 2))
         ks = 2 if H > bh else 1  # both K paths run in the CPU tests: one slice, and two
         return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=bh, BLOCK_K=bh, JPP=cdiv(H, bh), NK=cdiv(H, ks * bh), NPC=1, KS=ks,
-                    KP=1, NB=cdiv(B, MIN_BLOCK), num_warps=4)
+                    KP=1, KC=1, NB=cdiv(B, MIN_BLOCK), num_warps=4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     pinned = _tuning_override(kernel)
     nl = max(1, spec.max_linears_per_pass())
@@ -144,17 +147,18 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     best, best_key = None, None
     for bb, bh, bk, warps, *extra in choices:
         kp = extra[2] if len(extra) > 2 and extra[2] else 1  # K groups: opt-in (see the docstring)
-        nj = cdiv(H, bh)
-        if cdiv(B, kp * bb) * kp > sms:
-            kp = 1  # more K groups than multiprocessors could not all be resident
-        nb = cdiv(B, kp * bb)
+        kc = extra[3] if len(extra) > 3 and extra[3] else 1  # of them side by side over columns
+        if cdiv(B, kp // kc * bb) * kp > sms:
+            kp = kc = 1  # more K groups than multiprocessors could not all be resident
+        nb, nj = cdiv(B, kp // kc * bb), cdiv(H, kc * bh)  # batch tiles, column groups
         npc = min(nj, max(1, sms // (nb * kp))) if nb <= sms else 1
-        ks = extra[1] if len(extra) > 1 and extra[1] else (k_slices(kp * bb, bh, warps, H, bk, nl) if mma else 1)
-        key = (min(nb * npc * kp, sms) // max(1, sms // 8), -kp, kp * bb, bh)
+        ks = extra[1] if len(extra) > 1 and extra[1] else (k_slices(kp // kc * bb, kc * bh, warps, H, bk, nl)
+                                                           if mma else 1)
+        key = (min(nb * npc * kp, sms) // max(1, sms // 8), -kp, kp // kc * bb, bh)
         if best_key is None or key > best_key:
             best_key = key
             best = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=cdiv(nj, npc), NK=cdiv(H, kp * ks * bk), NPC=npc,
-                        KS=ks, KP=kp, NB=nb, num_warps=warps,
+                        KS=ks, KP=kp, KC=kc, NB=nb, num_warps=warps,
                         **({"num_stages": extra[0]} if extra and extra[0] else {}))
     assert best is not None
     return best
@@ -177,14 +181,14 @@ def safe_blocks(B: int, H: int, device: torch.device) -> dict:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     npc = min(nj, max(1, sms // nb)) if nb <= sms else 1
     return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=32, JPP=triton.cdiv(nj, npc), NK=triton.cdiv(H, 32),
-                NPC=npc, KS=1, KP=1, NB=nb, num_warps=4)
+                NPC=npc, KS=1, KP=1, KC=1, NB=nb, num_warps=4)
 
 
 def _run(kernel, blocks: dict, fallback: dict, bar_at: int, *args, **const) -> None:
     """Launch with `blocks` (fresh barrier counters go in argument `bar_at`: one per batch tile,
     then one per K group); on a shared-memory shortage, once more with the smallest tiles."""
     for attempt in (blocks, fallback):
-        meta = {k: v for k, v in attempt.items() if k != "NB"}
+        meta = {"KC": 1, **{k: v for k, v in attempt.items() if k != "NB"}}  # KC: 1 unless given
         grid = (attempt["NB"] * attempt["NPC"] * attempt["KP"],)
         bar = torch.zeros(attempt["NB"] * (1 + attempt["NPC"]), dtype=torch.int32, device=args[0].device)
         try:
