@@ -121,7 +121,9 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     LSTM (16, 512, 256) fp32 5.4 ms with KP 4 over 4-row tiles vs 8.7 with one program per K;
     at equal program counts they do not pay (LSTM (64, 512, 512) 20.6 ms either way, DARTS
     V2's five passes 110 vs 73.7 ms), and on the matrix units they were slower (DARTS V2 tf32
-    64.3 vs 51.9 ms).
+    64.3 vs 51.9 ms). A group's tile over columns (KC > 1, wider FMA products) is opt-in only
+    (NAS_FUSED_BLOCKS): DARTS V2 87-157 ms, LSTM (64, 512, 512) fp32 18.3 vs 20.5 ms, (16, 512,
+    256) 8.4 vs 5.4 (H200, 2026-12-02, fused_probe.py --parts kc, kcbwd).
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
