@@ -1,6 +1,6 @@
 """Is Triton's FMA dot the limit of the fused kernel in strict fp32? (development probe, GPU)
 
-    python benchmarks/fma_layout_probe.py [--steps 512] [--once] [--ncu]
+    python benchmarks/fma_layout_probe.py [--steps 512] [--once] [--ncu [--stalls]]
 
 The fused kernel's DARTS V2 forward spends its time in per-step products of a 16-row tile
 of the batch with a 16-column block of each of 9 linear pairs' weights (K = 512), one
@@ -219,10 +219,14 @@ def main() -> None:
     ap.add_argument("--once", action="store_true",
                     help="launch the tl.dot and the staged Gluon variant once each, untimed (for ncu)")
     ap.add_argument("--ncu", action="store_true", help="run --once --steps 64 under Nsight Compute")
+    ap.add_argument("--stalls", action="store_true",
+                    help="with --ncu: only the stall reasons per issued instruction (quick), not the full set")
     args = ap.parse_args()
     if args.ncu:
         exe = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))), "ncu")
-        cmd = [exe, "--clock-control", "none", "--set", "full", "--import-source", "yes", "--kernel-name",
+        what = (["--metrics", r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"] if args.stalls
+                else ["--set", "full", "--import-source", "yes"])
+        cmd = [exe, "--clock-control", "none", *what, "--kernel-name",
                "regex:dot_products|gluon_staged", "--launch-count", "2", sys.executable, __file__, "--once",
                "--steps", "64"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=500)

@@ -19,7 +19,8 @@ kc     K groups over columns (KC), DARTS V2 and the LSTM in fp32; kcbwd: the bac
 prof   DARTS V2 fp32 under torch.profiler (the kernels' shares), and a GEMM on a second
        stream beside the fused kernel (does it overlap?)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
-       LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt
+       LSTM tf32 (stall reasons, source counters): $OUT/ncu_*.txt; PROBE_NCU=darts picks the cases,
+       PROBE_NCU_STALLS=1 measures only the stall reasons per issued instruction
 """
 
 from __future__ import annotations
@@ -394,8 +395,11 @@ def part_ncu() -> None:
         import shutil
         exe = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))), "ncu")
         cmd = [exe, "--clock-control", "none", "--kernel-name", "regex:^(fwd|bwd)$", "--launch-count", "2"]
-        for s in sections:
-            cmd += ["--section", s]
+        if os.environ.get("PROBE_NCU_STALLS"):  # only the stall reasons per issued instruction (quick)
+            cmd += ["--metrics", r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"]
+        else:
+            for s in sections:
+                cmd += ["--section", s]
         cmd += [sys.executable, __file__, "--ncu-target", which]
         log("ncu " + which)
         try:
