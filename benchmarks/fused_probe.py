@@ -1,7 +1,7 @@
 """Where the fused sequential kernel's time goes, and the scan kernel's tuning (development
 probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.md).
 
-    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd,prof,kc,kcbwd]
+    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd,prof,kc,kcbwd,next]
 
 scan   the forward scan kernel (it prefetches the next tile) over (BLOCK_T, BLOCK_D, warps),
        against the device-to-device copy
@@ -16,6 +16,7 @@ kp     K groups (KP programs share a column block's K, then each finishes its ro
        the rule, DARTS V2 and the LSTM
 bwd    the backward kernel's blocks alone (NAS_FUSED_BLOCKS_BWD), DARTS V2 fp32
 kc     K groups over columns (KC), DARTS V2 and the LSTM in fp32; kcbwd: the backward's alone
+next   queued, not yet run: the backward with one phase-B accumulator per linear (`bwdacc`)
 prof   DARTS V2 fp32 under torch.profiler (the kernels' shares), and a GEMM on a second
        stream beside the fused kernel (does it overlap?)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
@@ -30,6 +31,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -104,10 +106,38 @@ def part_scan() -> None:
 
 
 # ---- fused kernel variants ------------------------------------------------------------------
+def _bwd_acc_per_linear(src: str) -> str:
+    """The backward's phase B (one K slice) with one accumulator per linear, summed after the
+    K-loop, instead of every linear's dot chaining into the source's one (ncu, 2026-12-02 14:55:
+    0.81 cycles per instruction of fixed-latency waits in the backward, 0.34 in the forward)."""
+    lines, out, i = src.split("\n"), [], 0
+    zeros = re.compile(r"^(\s*)(c\d+) = (tl\.zeros\(.*\))$")
+    while i < len(lines):
+        m = zeros.match(lines[i])
+        if not m or i + 1 >= len(lines) or lines[i + 1].strip() != "for k in range(NK):":
+            out.append(lines[i])
+            i += 1
+            continue
+        ind, acc, init = m.groups()
+        body, j = [], i + 2
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > len(ind)):
+            body.append(lines[j])
+            j += 1
+        dot = re.compile(rf"^(\s*){acc} = tl\.dot\((d\d+), w_, acc={acc},")
+        parts = [dm.group(2) for dm in map(dot.match, body) if dm]
+        out += [f"{ind}{acc}_{d} = {init}" for d in parts] + [lines[i + 1]]
+        out += [dot.sub(lambda mm: f"{mm.group(1)}{acc}_{mm.group(2)} = tl.dot({mm.group(2)}, w_, acc={acc}_{mm.group(2)},",
+                        b) for b in body]
+        out.append(f"{ind}{acc} = " + " + ".join(f"{acc}_{d}" for d in parts) if parts else f"{ind}{acc} = {init}")
+        i = j
+    return "\n".join(out)
+
+
 SOURCE_VARIANTS = {
     "base": lambda s: s,
     "nosync": lambda s: s.replace("if NPC > 1:", "if NPC > 1000000:"),  # wrong results: timing only
     "unrollK": lambda s: s.replace("for k in range(NK):", "for k in tl.static_range(NK):"),
+    "bwdacc": _bwd_acc_per_linear,
 }
 
 
@@ -319,6 +349,20 @@ def part_kcbwd() -> None:
                                                                     "fwd+bwd ms", "/ cuDNN"], rows)
 
 
+def part_next() -> None:
+    """Queued for the next device session (2026-12-02): the backward with one accumulator per
+    linear in phase B (`bwdacc`; float64-checked on the CPU: 5e-16 for DARTS V2 and the LSTM;
+    sm_90 code compiled on the CPU: 255 registers, 24 B of stack), alone and with the backward's
+    K groups over columns (KC 8, 8 warps: 71.3 vs 73.2 ms at 14:20)."""
+    variants = [Variant("rule"), Variant("bwd acc per linear", source="bwdacc"),
+                Variant("bwd acc per linear + bwd KC8 w8", source="bwdacc", bwd_blocks="16,16,16,8,0,1,8,8"),
+                Variant("bwd KC8 w8", bwd_blocks="16,16,16,8,0,1,8,8")]
+    rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+    rows += time_variants("lstm 64x512x512 fp32", space("lstm").instantiate({}), 64, 512, 512, torch.float32, False,
+                          variants[:2], cudnn=True)
+    emit("The backward's accumulators", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+
+
 def part_prof() -> None:
     """Where DARTS V2's fp32 forward+backward goes (the CUDA kernels, torch.profiler), and
     whether a weight-gradient-sized GEMM on a second stream overlaps the fused kernel (the
@@ -426,7 +470,7 @@ def main() -> None:
             {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune,
              "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd,
              "prof": part_prof, "kc": part_kc,
-             "kcbwd": part_kcbwd}[part]()
+             "kcbwd": part_kcbwd, "next": part_next}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))
