@@ -108,7 +108,7 @@ def part_scan() -> None:
 # ---- fused kernel variants ------------------------------------------------------------------
 def _bwd_acc_per_linear(src: str) -> str:
     """The backward's phase B (one K slice) with one accumulator per linear, summed after the
-    K-loop, instead of every linear's dot chaining into the source's one (ncu, 2026-12-02 14:55:
+    K-loop, instead of every linear's dot chaining into the source's one (ncu, 2026-12-02 14:50:
     0.81 cycles per instruction of fixed-latency waits in the backward, 0.34 in the forward)."""
     lines, out, i = src.split("\n"), [], 0
     zeros = re.compile(r"^(\s*)(c\d+) = (tl\.zeros\(.*\))$")
@@ -353,7 +353,7 @@ def part_next() -> None:
     """Queued for the next device session (2026-12-02): the backward with one accumulator per
     linear in phase B (`bwdacc`; float64-checked on the CPU: 5e-16 for DARTS V2 and the LSTM;
     sm_90 code compiled on the CPU: 255 registers, 24 B of stack), alone and with the backward's
-    K groups over columns (KC 8, 8 warps: 71.3 vs 73.2 ms at 14:20)."""
+    K groups over columns (KC 8, 8 warps: 71.3 vs 73.2 ms at 14:19)."""
     variants = [Variant("rule"), Variant("bwd acc per linear", source="bwdacc"),
                 Variant("bwd acc per linear + bwd KC8 w8", source="bwdacc", bwd_blocks="16,16,16,8,0,1,8,8"),
                 Variant("bwd KC8 w8", bwd_blocks="16,16,16,8,0,1,8,8")]
