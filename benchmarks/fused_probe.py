@@ -126,8 +126,10 @@ def _bwd_acc_per_linear(src: str) -> str:
         dot = re.compile(rf"^(\s*){acc} = tl\.dot\((d\d+), w_, acc={acc},")
         parts = [dm.group(2) for dm in map(dot.match, body) if dm]
         out += [f"{ind}{acc}_{d} = {init}" for d in parts] + [lines[i + 1]]
-        out += [dot.sub(lambda mm: f"{mm.group(1)}{acc}_{mm.group(2)} = tl.dot({mm.group(2)}, w_, acc={acc}_{mm.group(2)},",
-                        b) for b in body]
+        def own(mm: re.Match) -> str:  # this linear's accumulator
+            pad, d = mm.groups()
+            return f"{pad}{acc}_{d} = tl.dot({d}, w_, acc={acc}_{d},"
+        out += [dot.sub(own, b) for b in body]
         out.append(f"{ind}{acc} = " + " + ".join(f"{acc}_{d}" for d in parts) if parts else f"{ind}{acc} = {init}")
         i = j
     return "\n".join(out)
