@@ -452,3 +452,20 @@ def test_known_task_names_match_the_registry() -> None:
     from nas.tasks import TASK_NAMES
 
     assert tuple(sorted(KNOWN_TASKS)) == tuple(sorted(TASK_NAMES))
+
+
+def test_matmul_precision_is_the_trials_and_restored_after():
+    """`train.matmul_precision` is in force while the trial builds and trains its model (torch's
+    global fp32 matmul setting, which the fused kernels follow) and the caller's comes back."""
+    seen = []
+
+    def factory(i: int, h: int, n: int, d: float) -> nn.Module:
+        seen.append(torch.get_float32_matmul_precision())
+        return lstm(i, h, n, d)
+
+    before = torch.get_float32_matmul_precision()
+    r = train_trial(make_task("parity"), factory, SMALL, FEW.model_copy(update={"matmul_precision": "high"}))
+    assert r.status == "completed", r.error
+    assert seen == ["high"] and torch.get_float32_matmul_precision() == before == "highest"
+    with pytest.raises(ValueError, match="matmul_precision"):
+        TrainConfig(matmul_precision="low")

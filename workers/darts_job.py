@@ -35,7 +35,7 @@ from ..controllers.darts.supernet import ArchParams, SupernetRNN
 from ..space import SearchSpace
 from ..tasks import RecurrentModel, make_task, resolve_device
 from ..tasks.model import detach_state
-from ..tasks.train import batch_loss
+from ..tasks.train import batch_loss, matmul_precision
 from .trial import worker_identity
 
 
@@ -230,7 +230,8 @@ def run_darts_job(spec: dict[str, Any], checkpoint: str | None = None) -> Iterat
     if cwd and os.path.isdir(cwd) and os.getcwd() != cwd:
         os.chdir(cwd)  # relative data paths mean what they meant to the driver
     job = DartsJob(spec)
-    yield from job.run(checkpoint)
+    with matmul_precision(job.train_cfg.matmul_precision):  # as a trial's (nas.tasks.train)
+        yield from job.run(checkpoint)
 
 
 def submit_darts_job(spec: dict[str, Any], checkpoint: str | None, *, num_cpus: float, num_gpus: float):

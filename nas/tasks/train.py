@@ -91,6 +91,18 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         random.setstate(py_state)
 
 
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """The trial's fp32 matmul precision (torch's global setting, which the fused kernels
+    follow); the caller's is restored after, so in-process trials do not leak it."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 class _Diverged(Exception):
     def __init__(self, step: int):
         super().__init__(f"non-finite loss at step {step}")
@@ -249,7 +261,7 @@ def train_trial(task: Task, rnn_factory: RNNFactory, model_cfg: ModelConfig, tra
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         trial = _Trial(task, rnn_factory, model_cfg, train_cfg, seed, dev, report)
-        with _seeded(seed, dev):
+        with _seeded(seed, dev), matmul_precision(train_cfg.matmul_precision):
             try:
                 result = trial.run(t0)
             except _Diverged as d:
