@@ -125,3 +125,7 @@ def rel_err(a, b) -> float:
 def error_text(exc: BaseException, limit: int = 160) -> str:
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg[:limit]}{'...' if len(msg) > limit else ''}"
+
+
+# Nsight Compute: cycles per issued instruction a warp spends in each stall state (a quick run)
+NCU_STALL_METRICS = r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"

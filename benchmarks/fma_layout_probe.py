@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from common import device_name, md_table, out_dir, stamp  # noqa: E402
+from common import NCU_STALL_METRICS, device_name, md_table, out_dir, stamp  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 try:
@@ -224,7 +224,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.ncu:
         exe = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))), "ncu")
-        what = (["--metrics", r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"] if args.stalls
+        what = (["--metrics", NCU_STALL_METRICS] if args.stalls
                 else ["--set", "full", "--import-source", "yes"])
         cmd = [exe, "--clock-control", "none", *what, "--kernel-name",
                "regex:dot_products|gluon_staged", "--launch-count", "2", sys.executable, __file__, "--once",

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from common import device_name, log, md_table, out_dir, stamp  # noqa: E402
+from common import NCU_STALL_METRICS, device_name, log, md_table, out_dir, stamp  # noqa: E402
 from fused import darts_v2, fwd_bwd, space, tf32  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
@@ -442,7 +442,7 @@ def part_ncu() -> None:
         exe = shutil.which("ncu") or next(iter(sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))), "ncu")
         cmd = [exe, "--clock-control", "none", "--kernel-name", "regex:^(fwd|bwd)$", "--launch-count", "2"]
         if os.environ.get("PROBE_NCU_STALLS"):  # only the stall reasons per issued instruction (quick)
-            cmd += ["--metrics", r"regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"]
+            cmd += ["--metrics", NCU_STALL_METRICS]
         else:
             for s in sections:
                 cmd += ["--section", s]

@@ -331,7 +331,7 @@ def test_programs_that_split_columns_and_k_match_reference(cell: str, kp: int, c
         graph = next(g for g in (space.instantiate(space.sample(rng)) for _ in range(200))
                      if choose_backend(g, "auto") == "fused")
     B, H = 5, 8
-    blocks = dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=-(-H // (4 * kp)), NPC=2, KS=1, KP=kp,
+    blocks = dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=-(-H // (4 * kp)), NPC=2, KS=1, KP=kp, KC=1,
                   NB=-(-B // (2 * kp)), num_warps=4)
     concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
     out_err, grad_err = compare(graph, B=B, T=3, I=5, H=H)
@@ -349,9 +349,9 @@ def test_k_groups_with_several_blocks_or_k_slices(cell: str, layout: str, concur
     space = load_space(SPACES / ("darts_ptb.cell" if cell == "darts_v2" else "lstm.cell"))
     graph = space.instantiate(darts_assignment(space) if cell == "darts_v2" else {})
     if layout == "K slices":
-        H, blocks = 16, dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=1, NPC=4, KS=2, KP=2, NB=2, num_warps=4)
+        H, blocks = 16, dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=1, NPC=4, KS=2, KP=2, KC=1, NB=2, num_warps=4)
     else:
-        H, blocks = 8, dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=2, NK=1, NPC=1, KS=1, KP=2, NB=2, num_warps=4)
+        H, blocks = 8, dict(BLOCK_B=2, BLOCK_H=4, BLOCK_K=4, JPP=2, NK=1, NPC=1, KS=1, KP=2, KC=1, NB=2, num_warps=4)
     concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
     out_err, grad_err = compare(graph, B=7, T=3, I=5, H=H)
     assert out_err < 1e-12 and grad_err < 1e-12, (cell, layout, out_err, grad_err)

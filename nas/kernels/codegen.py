@@ -401,6 +401,14 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         where = f"{base}[None, :, :] + {col3(slot)}" if split else f"{base} + {col(slot, 'ck')}"
         e(ind, f"{name} = tl.load({where}, mask=ma, other=0.0, cache_modifier='.cg')")
 
+    def weight_dot(ind: int, w: int, row: int, acc: str, split: bool) -> None:
+        """acc += a<w> @ (row block `row` of source w's weights, over the products' columns)."""
+        ld = spec.wrows[spec.wsrcs[w]]
+        rows_ = "ck[:, :, None]" if split else "ck[:, None]"
+        cols_ = f"({row} * H + cp)[None, None, :]" if split else f"({row} * H + cp)[None, :]"
+        e(ind, f"w_ = tl.load(WT{w} + {rows_} * ({ld} * H) + {cols_}, mask=mw, other=0.0)")
+        e(ind, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
+
     def forward_products(ind: int, pparts, split: bool) -> None:
         """The pass's linears' recurrent products; with `split`, K is cut into KS slices whose
         partial products (each warp's own) are summed once after the loop."""
@@ -412,12 +420,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         for w in sorted({w for _, w, _ in pparts}):
             src_load(w, ind + 1, f"a{w}", split)
         for li, w, row in pparts:
-            ld = spec.wrows[spec.wsrcs[w]]
-            acc = f"p{li}" if split else var[spec.linears[li]]
-            rows_ = "ck[:, :, None]" if split else "ck[:, None]"
-            cols_ = f"({row} * H + cp)[None, None, :]" if split else f"({row} * H + cp)[None, :]"
-            e(ind + 1, f"w_ = tl.load(WT{w} + {rows_} * ({ld} * H) + {cols_}, mask=mw, other=0.0)")
-            e(ind + 1, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
+            weight_dot(ind + 1, w, row, f"p{li}" if split else var[spec.linears[li]], split)
         for li in lins if split else []:
             lv = var[spec.linears[li]]
             e(ind, f"{lv} = {lv} + tl.sum(p{li}, axis=0)")
@@ -430,14 +433,9 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
             acc = var[spec.linears[li]]
             e(ind, "for k in range(NK):")
             k_head(ind + 1)
-            for li2, w, row in pparts:
-                if li2 != li:
-                    continue
+            for w, row in [(w, row) for li2, w, row in pparts if li2 == li]:
                 src_load(w, ind + 1, f"a{w}", False)
-                ld = spec.wrows[spec.wsrcs[w]]
-                e(ind + 1, f"w_ = tl.load(WT{w} + ck[:, None] * ({ld} * H) + ({row} * H + cp)[None, :], "
-                           "mask=mw, other=0.0)")
-                e(ind + 1, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
+                weight_dot(ind + 1, w, row, acc, False)
             e(ind, f"tl.store(SCR + ((pid_k * B + rp) * LW)[:, None] + {col(li, 'cp')}, {acc}, mask=mp2)")
 
     for k in range(P):

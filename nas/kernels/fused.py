@@ -190,7 +190,7 @@ def _run(kernel, blocks: dict, fallback: dict, bar_at: int, *args, **const) -> N
     """Launch with `blocks` (fresh barrier counters go in argument `bar_at`: one per batch tile,
     then one per K group); on a shared-memory shortage, once more with the smallest tiles."""
     for attempt in (blocks, fallback):
-        meta = {"KC": 1, **{k: v for k, v in attempt.items() if k != "NB"}}  # KC: 1 unless given
+        meta = {k: v for k, v in attempt.items() if k != "NB"}
         grid = (attempt["NB"] * attempt["NPC"] * attempt["KP"],)
         bar = torch.zeros(attempt["NB"] * (1 + attempt["NPC"]), dtype=torch.int32, device=args[0].device)
         try:
