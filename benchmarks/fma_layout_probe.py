@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,35 @@ def dot_stacked(A, W, O, T, B: tl.constexpr, K: tl.constexpr, N: tl.constexpr, P
                 w = tl.load(W + (pq[None, :] * K + ck[:, None]) * N + wcol[None, :])
                 acc = tl.dot(a, w, acc=acc, input_precision="ieee")
             tl.store(O + ((slot * P + pq[None, :]) * B + rows[:, None]) * N + wcol[None, :], acc)
+
+
+@triton.jit
+def dot3_stacked(A, W, O, T, B: tl.constexpr, K: tl.constexpr, N: tl.constexpr, P: tl.constexpr,
+                 BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr, NP: tl.constexpr, S: tl.constexpr):
+    """As dot_stacked, with K cut into S slices (a 3-D `tl.dot`, one slice per warp or so, summed
+    once per group): Triton 3.6 lays a (4, 16, 32) FMA dot out as 4x4 outputs per thread (sm_90
+    code compiled on the CPU: 64 registers, ~0.2 shared loads per FMA), a 2-D 16x16 one as 1x1."""
+    pid = tl.program_id(0)
+    nc = N // (2 * BH)
+    pid_b, pid_c = pid // nc, pid % nc
+    rows = pid_b * BB + tl.arange(0, BB)
+    n = tl.arange(0, 2 * BH * NP)
+    q = n // (2 * BH)
+    wcol = ((n // BH) % 2) * (N // 2) + pid_c * BH + n % BH
+    kk = tl.arange(0, BK)
+    ks = tl.arange(0, S)
+    for t in range(T):
+        slot = t % 4
+        for g in range(P // NP):
+            pq = g * NP + q
+            acc = tl.zeros([S, BB, 2 * BH * NP], dtype=tl.float32)
+            for k in range(K // (S * BK)):
+                ck = (ks * (K // S) + k * BK)[:, None] + kk[None, :]  # (S, BK)
+                a = tl.load(A + (slot * B + rows)[None, :, None] * K + ck[:, None, :], cache_modifier=".cg")
+                w = tl.load(W + (pq[None, None, :] * K + ck[:, :, None]) * N + wcol[None, None, :])
+                acc = tl.dot(a, w, acc=acc, input_precision="ieee")
+            out = tl.sum(acc, axis=0)
+            tl.store(O + ((slot * P + pq[None, :]) * B + rows[:, None]) * N + wcol[None, :], out)
 
 
 if gluon is not None:
@@ -253,7 +283,14 @@ def main() -> None:
                   "stacked", dict(BB=bb, BH=16, BK=bk, NP=np_), w)
                  for bb, np_, bk, w in ((16, 1, 32, 4), (16, 2, 32, 4), (16, 4, 32, 4), (16, 8, 32, 4), (16, 2, 16, 4),
                                         (16, 4, 16, 4), (16, 4, 32, 8), (32, 1, 32, 4), (32, 2, 32, 4))]
-    if gluon is not None:
+    variants += [(f"dot3 stacked {s_}x16x{32 * np_} BK{bk} ({np_} pairs per dot, K in {s_} slices)"
+                  f"{'' if w == 4 else f', {w} warps'}", "stacked3", dict(BB=16, BH=16, BK=bk, NP=np_, S=s_), w)
+                 for s_, np_, bk, w in ((4, 1, 32, 4), (4, 1, 16, 4), (8, 1, 16, 4), (2, 1, 32, 4), (4, 2, 16, 4),
+                                        (2, 2, 32, 4), (8, 1, 16, 8), (4, 1, 32, 8))]
+    if os.environ.get("FMA_PROBE_ONLY"):
+        variants = [v for v in variants if v[0].split(" (")[0] in ("dot 16x16 BK32", "dot stacked 16x128 BK32")
+                    or v[1] == "stacked3"]
+    if gluon is not None and not os.environ.get("FMA_PROBE_ONLY"):
         variants += [(f"gluon 16x32 KI{ki} {'per-k acc' if per_k else 'chunk sum'}", "gluon",
                       dict(BB=16, BH=16, KI=ki, KW=4, PER_K=per_k), 4)
                      for ki, per_k in ((4, True),)]
@@ -268,7 +305,7 @@ def main() -> None:
         npairs = P - P % meta.get("NP", 1)  # stacked groups of NP pairs: the whole groups only
         O = torch.zeros(SLOTS, npairs, B, N, device="cuda")
         grid = (B // meta["BB"] * (N // (2 * meta["BH"])),)
-        kern = {"dot": dot_products, "stacked": dot_stacked, "gluon": gluon_products, "staged": gluon_staged}[kind]
+        kern = {"dot": dot_products, "stacked": dot_stacked, "stacked3": dot3_stacked, "gluon": gluon_products, "staged": gluon_staged}[kind]
         try:
             def run():
                 kern[grid](A, W, O, T, B, K, N, npairs, **meta, num_warps=warps)

@@ -16,7 +16,8 @@ kp     K groups (KP programs share a column block's K, then each finishes its ro
        the rule, DARTS V2 and the LSTM
 bwd    the backward kernel's blocks alone (NAS_FUSED_BLOCKS_BWD), DARTS V2 fp32
 kc     K groups over columns (KC), DARTS V2 and the LSTM in fp32; kcbwd: the backward's alone
-next   queued, not yet run: the backward with one phase-B accumulator per linear (`bwdacc`)
+next   independent FMA chains: one phase-B accumulator per linear (`bwdacc`), K-loops
+       alternating between two accumulator copies (`kint2`); PROBE_NEXT picks variants
 prof   DARTS V2 fp32 under torch.profiler (the kernels' shares), and a GEMM on a second
        stream beside the fused kernel (does it overlap?)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
@@ -45,6 +46,7 @@ from common import NCU_STALL_METRICS, device_name, log, md_table, out_dir, stamp
 from fused import darts_v2, fwd_bwd, space, tf32  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
+import nas.kernels.codegen as KCG  # noqa: E402
 import nas.kernels.fused as KF  # noqa: E402
 from nas.compile import build_rnn  # noqa: E402
 from nas.kernels import scan as KS  # noqa: E402
@@ -135,11 +137,103 @@ def _bwd_acc_per_linear(src: str) -> str:
     return "\n".join(out)
 
 
+def _k_interleaved(src: str, ways: int = 2) -> str:
+    """Every one-slice K-loop split into `ways` interleaved chains: iteration k adds into the
+    (k % ways)-th copy of each accumulator, the copies summed after the loop. Triton's FMA dot
+    chains each output's FMAs over K (two outputs per thread on a 16x16 tile), so the copies
+    are independent work for the same operand registers (a tail runs the last NK % ways)."""
+    lines, out, i = src.split("\n"), [], 0
+    head = re.compile(r"^(\s*)for k in range\(NK\):$")
+    while i < len(lines):
+        m = head.match(lines[i])
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        ind = m.group(1)
+        body, j = [], i + 1
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > len(ind)):
+            body.append(lines[j])
+            j += 1
+        accs = sorted({dm.group(1) for dm in (re.match(r"^\s*(\w+) = tl\.dot\(.*acc=(\w+),", b) for b in body)
+                       if dm and dm.group(1) == dm.group(2)})
+        if not accs:
+            out += [lines[i]] + body
+            i = j
+            continue
+        out += [f"{ind}{a}_{q} = tl.zeros_like({a})" for a in accs for q in range(1, ways)]
+        out.append(f"{ind}for k_ in range(NK // {ways}):")
+        for q in range(ways):
+            out.append(f"{ind}    k = k_ * {ways} + {q}")
+            for b in body:
+                if q:
+                    for a in accs:
+                        b = re.sub(rf"\b{a}\b", f"{a}_{q}", b)
+                out.append(b)
+        for q in range(ways - 1):  # the last NK % ways iterations
+            out += [f"{ind}if NK % {ways} > {q}:", f"{ind}    k = NK // {ways} * {ways} + {q}"]
+            for b in body:
+                for a in accs if q else []:
+                    b = re.sub(rf"\b{a}\b", f"{a}_{q}", b)
+                out.append(b)
+        out += [f"{ind}{a} = {a} + " + " + ".join(f"{a}_{q}" for q in range(1, ways)) for a in accs if ways > 1]
+        i = j
+    return "\n".join(out)
+
+
+_TS_HELPER = """
+@triton.jit
+def _ts(SCR, pid, t, T, p: tl.constexpr, q: tl.constexpr):
+    tl.debug_barrier()  # every warp has issued the phase's work
+    c = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    tl.store(SCR.to(tl.pointer_type(tl.int64)) + ((pid * T + t) * 8 + p) * 4 + q, c)
+
+"""
+
+
+def _timed(src: str) -> str:
+    """Clock64 stamps at each pass's phase boundaries, per program and step, into SCR (timing
+    only: `part_timeline` hands the kernels a large SCR; needs KP = 1). Forward: pass start,
+    products done, pass done (before its barrier); backward: phase A start, phase A done (before
+    the barrier), phase B start, phase B done."""
+    out, kernel, first_pre = [], "", set()
+    for line in src.split("\n"):
+        m = re.match(r"^def (fwd|bwd)\(", line)
+        if m:
+            kernel = m.group(1)
+            if kernel == "fwd":
+                out[-1:] = [_TS_HELPER, out[-1]] if out and out[-1].startswith("@triton.jit") else out[-1:]
+        fp = re.match(r"^        # pass (\d+)$", line)
+        bp = re.match(r"^        # pass (\d+), phase (A|B)", line)
+        ind = line[:len(line) - len(line.lstrip())]
+        if kernel == "fwd" and fp:
+            cur = int(fp.group(1))
+            out.append(f"        _ts(SCR, pid, t, T, {cur}, 0)")
+        elif kernel == "fwd" and line.strip().startswith("tl.store(PRE + lrow") and cur not in first_pre:
+            first_pre.add(cur)
+            out.append(f"{ind}_ts(SCR, pid, t, T, {cur}, 1)")
+        elif kernel == "fwd" and line == "        ep += 1":
+            out.append(f"        _ts(SCR, pid, t, T, {cur}, 2)")
+        elif kernel == "bwd" and bp:
+            cur = int(bp.group(1))
+            out.append(f"        _ts(SCR, pid, t, T, {cur}, {0 if bp.group(2) == 'A' else 2})")
+        elif kernel == "bwd" and line.startswith("        _sync(bar, ep, NPC * KP)  # every column's dpre"):
+            out.append(f"        _ts(SCR, pid, t, T, {cur}, 1)")
+        elif kernel == "bwd" and line == "        tl.debug_barrier()":
+            out.append(f"        _ts(SCR, pid, t, T, {cur}, 3)")
+        out.append(line)
+    return "\n".join(out)
+
+
 SOURCE_VARIANTS = {
     "base": lambda s: s,
     "nosync": lambda s: s.replace("if NPC > 1:", "if NPC > 1000000:"),  # wrong results: timing only
     "unrollK": lambda s: s.replace("for k in range(NK):", "for k in tl.static_range(NK):"),
     "bwdacc": _bwd_acc_per_linear,
+    "kint2": _k_interleaved,
+    "timed": _timed,
+    "kint1": lambda s: _k_interleaved(s, 1),
+    "bwdacc+kint2": lambda s: _k_interleaved(_bwd_acc_per_linear(s)),
 }
 
 
@@ -150,12 +244,14 @@ class Variant:
     bwd_blocks: str = ""  # NAS_FUSED_BLOCKS_BWD ('' = as the forward)
     prec: str = ""  # '' = follow torch's flag
     source: str = "base"
+    stack_max: int = 4  # codegen.STACK_MAX while the variant's kernels are generated
 
 
 def _patched(variant: Variant):
     """Install the variant: block override, precision and source transform of the generated kernel."""
     os.environ["NAS_FUSED_BLOCKS"] = variant.blocks
     os.environ["NAS_FUSED_BLOCKS_BWD"] = variant.bwd_blocks
+    KCG.STACK_MAX = variant.stack_max
     orig_load, orig_prec = _ORIGINAL
     transform = SOURCE_VARIANTS[variant.source]
 
@@ -175,19 +271,26 @@ def time_variants(label: str, graph, B: int, T: int, H: int, dtype, allow_tf32: 
     rows = []
     with tf32(allow_tf32):
         x = torch.randn(B, T, H, device="cuda", dtype=dtype, requires_grad=True)
-        base = None
+        base = first = None  # cuDNN's time; the first variant's output and input gradient
+        probe_w = torch.randn(B, T, H, device="cuda", dtype=dtype)
         if cudnn:
             m = torch.nn.LSTM(H, H, 1, batch_first=True).cuda().to(dtype)
             m.flatten_parameters()
             base = do_bench(fwd_bwd(m, x), warmup=25, rep=200, return_mode="median")
-            rows.append([label, "cuDNN", "-", "-", base, 1.0])
+            rows.append([label, "cuDNN", "-", "-", base, 1.0, "-"])
         for v in variants:
             try:
                 _patched(v)
                 torch.manual_seed(0)
                 model = build_rnn(graph, H, H, 1, backend="triton").cuda().to(dtype)
                 fb = fwd_bwd(model, x)
-                fb()
+                x.grad = None
+                out, _ = model(x)
+                (out * probe_w).sum().backward()
+                got = torch.cat([out.detach().flatten(), x.grad.flatten()]).double()
+                first = got if first is None else first
+                err = float((got - first).norm() / first.norm())
+                x.grad = None
                 torch.cuda.synchronize()
 
                 def fwd_only():
@@ -198,11 +301,11 @@ def time_variants(label: str, graph, B: int, T: int, H: int, dtype, allow_tf32: 
                 blk = KF.choose_blocks(model.layers[0].spec, B, H, torch.device("cuda"), dtype)
                 rows.append([label, v.name, f"{blk['BLOCK_B']},{blk['BLOCK_H']},{blk['BLOCK_K']},{blk['num_warps']}"
                              f" KS={blk['KS']} KP={blk['KP']} NPC={blk['NPC']}x{blk['NB']}", f_ms, fb_ms,
-                             fb_ms / base if base else "-"])
+                             fb_ms / base if base else "-", f"{err:.1e}"])
                 model = fb = None
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
-                rows.append([label, v.name, "-", f"ERROR {type(exc).__name__}: {str(exc)[:80]}", "-", "-"])
+                rows.append([label, v.name, "-", f"ERROR {type(exc).__name__}: {str(exc)[:80]}", "-", "-", "-"])
             log(f"{label} {v.name}: {rows[-1][3:]}")
         _patched(Variant("reset"))
     return rows
@@ -218,7 +321,7 @@ def part_darts() -> None:
                 Variant("tf32", prec="tf32"), Variant("tf32x3", prec="tf32x3"),
                 Variant("tf32x3 BK16", prec="tf32x3", blocks="16,16,16,4")]
     rows = time_variants("darts_v2 64x512x512 fp32", g, 64, 512, 512, torch.float32, False, variants)
-    emit("DARTS V2 fused kernel variants", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+    emit("DARTS V2 fused kernel variants", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
 
 
 def part_lstm() -> None:
@@ -271,7 +374,7 @@ def run_cases(title: str, cases: list[tuple]) -> None:
     rows = []
     for label, g, (B, T, H), dtype, on, cudnn, specs in cases:
         rows += time_variants(label, g, B, T, H, dtype, on, _vs(specs), cudnn=cudnn)
-        emit(title, ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+        emit(title, ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
 
 
 def part_fp32() -> None:
@@ -283,7 +386,7 @@ def part_fp32() -> None:
                 Variant("tf32x3 KS2 KP2", blocks="16,16,32,4,0,2,2", prec="tf32x3"),
                 Variant("16x32 w8", blocks="16,32,32,8,0,1")]
     rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
-    emit("DARTS V2 strict fp32 candidates", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+    emit("DARTS V2 strict fp32 candidates", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
 
 
 def part_kp() -> None:
@@ -320,7 +423,7 @@ def part_bwd() -> None:
         "16,16,16,4,1,1,4", "16,16,16,4,1,1,2", "16,16,16,8,1,1,4", "16,16,16,4,1,1,1",
         "16,16,32,4,1,1,1", "16,16,32,4,2,1,1", "16,16,16,4,2,1,4")]
     rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
-    emit("DARTS V2 fp32: the backward kernel's blocks", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"],
+    emit("DARTS V2 fp32: the backward kernel's blocks", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"],
          rows)
 
 
@@ -348,21 +451,130 @@ def part_kcbwd() -> None:
         "16,16,16,8,0,1,8,8", "16,16,16,8,1,1,8,8", "16,16,16,8,1,1,4,4", "16,16,16,4,1,1,4,4")]
     rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
     emit("DARTS V2 fp32: the backward with K groups over columns", ["case", "variant", "blocks", "fwd ms",
-                                                                    "fwd+bwd ms", "/ cuDNN"], rows)
+                                                                    "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
 
 
 def part_next() -> None:
-    """Queued for the next device session (2026-12-02): the backward with one accumulator per
-    linear in phase B (`bwdacc`; float64-checked on the CPU: 5e-16 for DARTS V2 and the LSTM;
-    sm_90 code compiled on the CPU: 255 registers, 24 B of stack), alone and with the backward's
-    K groups over columns (KC 8, 8 warps: 71.3 vs 73.2 ms at 14:19)."""
-    variants = [Variant("rule"), Variant("bwd acc per linear", source="bwdacc"),
-                Variant("bwd acc per linear + bwd KC8 w8", source="bwdacc", bwd_blocks="16,16,16,8,0,1,8,8"),
-                Variant("bwd KC8 w8", bwd_blocks="16,16,16,8,0,1,8,8")]
+    """Independent FMA chains (2026-12-02): Triton's FMA dot chains each output's FMAs over K,
+    two outputs per thread on a 16x16 tile; the backward's phase B adds all of a source's
+    linears into one accumulator (ncu: 0.81 cycles per instruction of fixed-latency waits).
+    `bwdacc`: one accumulator per linear there; `kint2`: every K-loop's iterations alternate
+    between two copies of each accumulator (both float64-checked on the CPU, 1e-16; sm_90
+    code compiled on the CPU without spills). `vs first`: the output and input gradient
+    against the first row's (the rule)."""
+    variants = [Variant("rule"), Variant("bwdacc", source="bwdacc"), Variant("kint2", source="kint2"),
+                Variant("bwdacc+kint2", source="bwdacc+kint2"),
+                Variant("BK16", blocks="16,16,16,4"), Variant("BK16 bwdacc+kint2", blocks="16,16,16,4",
+                                                              source="bwdacc+kint2"),
+                Variant("bwdacc + bwd KC8 w8", source="bwdacc", bwd_blocks="16,16,16,8,0,1,8,8")]
+    only = os.environ.get("PROBE_NEXT", "")
+    if only:
+        variants = [variants[0]] + [v for v in variants[1:] if v.name in only.split(";")]
     rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
-    rows += time_variants("lstm 64x512x512 fp32", space("lstm").instantiate({}), 64, 512, 512, torch.float32, False,
-                          variants[:2], cudnn=True)
-    emit("The backward's accumulators", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN"], rows)
+    emit("Independent FMA chains: DARTS V2", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN",
+                                              "vs first"], rows)
+    rows = time_variants("lstm 64x512x512 fp32", space("lstm").instantiate({}), 64, 512, 512, torch.float32, False,
+                         [Variant("rule"), Variant("bwdacc+kint2", source="bwdacc+kint2")], cudnn=True)
+    emit("Independent FMA chains: the LSTM", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN",
+                                              "vs first"], rows)
+
+
+def part_stack() -> None:
+    """Stacked FMA products (codegen.stacked_products: with K slices, a run of up to STACK_MAX
+    of a source's linears in one wide product tile), forward only (the backward pinned to the
+    rule's blocks), DARTS V2 and the LSTM in strict fp32. sm_90 code compiled on the CPU: the
+    forward spills 160 B (KS 2, BK 16) to 960 B (KS 4, BK 32)."""
+    rule_bwd = "16,16,32,4"
+    if os.environ.get("PROBE_STACK") == "2":  # round 2 (2026-12-02 17:50): the backward beside stack 2
+        f2 = "16,16,16,4,0,2"
+        variants = [Variant("rule"), Variant("fwd stack2", blocks=f2, bwd_blocks=rule_bwd, stack_max=2)]
+        variants += [Variant(f"fwd stack2 {f}", blocks=f, bwd_blocks=rule_bwd, stack_max=2)
+                     for f in ("16,16,16,4,2,2", "16,16,16,4,4,2", "16,16,16,8,0,4", "16,16,16,4,1,2")]
+        variants += [Variant(f"fwd stack2, bwd {b}", blocks=f2, bwd_blocks=b, stack_max=2)
+                     for b in ("16,16,16,4,0,2", "16,16,16,4,0,4", "16,16,16,8,0,1,8,8", "16,16,32,4,2", "16,16,32,4,4")]
+        rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+        emit("Stacked FMA products: the forward's stages and the backward beside them", [
+            "case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
+        return
+    cfgs = [("16,16,16,4,0,2", 4), ("16,16,32,4,0,2", 4), ("16,16,16,4,0,4", 4), ("16,16,16,4,0,2", 2),
+            ("16,16,32,4,0,2", 2), ("16,16,16,4,0,4", 2)]
+    for label, g, cells in (("darts_v2 64x512x512 fp32", darts_v2(), cfgs), ("lstm 64x512x512 fp32",
+                                                                             space("lstm").instantiate({}), cfgs[:3])):
+        variants = [Variant("rule")] + [Variant(f"fwd {b} stack {m}", blocks=b, bwd_blocks=rule_bwd, stack_max=m)
+                                        for b, m in cells]
+        rows = time_variants(label, g, 64, 512, 512, torch.float32, False, variants)
+        emit(f"Stacked FMA products in the forward: {label}", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
+                                                                "/ cuDNN", "vs first"], rows)
+
+
+def part_timeline() -> None:
+    """Where a pass's time goes inside the kernels (clock64 stamps per program, pass and step,
+    `_timed`): DARTS V2 (64, 512, 512) fp32 and tf32, the LSTM fp32. Per pass the median over
+    programs and steps 16..T-16 of each phase, in µs at the clock rate the whole kernel implies."""
+    cases = [("darts_v2 fp32", darts_v2(), False, torch.float32), ("darts_v2 tf32", darts_v2(), True, torch.float32),
+             ("lstm fp32", space("lstm").instantiate({}), False, torch.float32)]
+    B, T, H = 64, 512, 512
+    rows = []
+    for label, g, allow, dtype in cases:
+        bufs = []
+        orig = KF._scratch
+
+        def scratch(blocks, B_, width, dtype_, device):
+            nprog = blocks["NB"] * blocks["NPC"] * blocks["KP"]
+            bufs.append(torch.zeros(nprog * T * 32 * 2, dtype=torch.float32, device=device))
+            return bufs[-1]
+        try:
+            with tf32(allow):
+                _patched(Variant("timed", source="timed", blocks=os.environ.get("PROBE_TL_BLOCKS", ""),
+                                 bwd_blocks=os.environ.get("PROBE_TL_BWD", ""),
+                                 stack_max=int(os.environ.get("PROBE_TL_STACK", "4"))))
+                KF._scratch = scratch
+                torch.manual_seed(0)
+                model = build_rnn(g, H, H, 1, backend="triton").cuda().to(dtype)
+                x = torch.randn(B, T, H, device="cuda", dtype=dtype, requires_grad=True)
+                run = fwd_bwd(model, x)
+                run()
+                torch.cuda.synchronize()
+                bufs.clear()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                with torch.no_grad():
+                    model(x)
+                end.record()
+                torch.cuda.synchronize()
+                fwd_ms = start.elapsed_time(end)
+                run()
+                torch.cuda.synchronize()
+        finally:
+            KF._scratch = orig
+            _patched(Variant("reset"))
+        for kernel, buf in zip(("fwd", "fwd", "bwd"), bufs):  # the no-grad forward, then the run's two
+            ts = buf.view(torch.int64).view(-1, T, 8, 4).double()
+            lo, hi = 16, T - 16
+            used = [p for p in range(8) if (ts[:, lo, p, 0] != 0).any()]
+            span = (ts[:, hi, used[0], 0] - ts[:, lo, used[0], 0]).abs().median().item() / (hi - lo)  # per step
+            names = ["products", "elementwise + stores", "barrier wait"] if kernel == "fwd" else [
+                "phase A", "barrier wait", "phase B", "to the next pass"]
+            for p in used:
+                d = []
+                if kernel == "fwd":
+                    nxt = ts[:, lo + 1:hi + 1, used[0], 0] if p == used[-1] else ts[:, lo:hi, p + 1, 0]
+                    d = [ts[:, lo:hi, p, 1] - ts[:, lo:hi, p, 0], ts[:, lo:hi, p, 2] - ts[:, lo:hi, p, 1],
+                         nxt - ts[:, lo:hi, p, 2]]
+                else:
+                    # the backward runs t downwards and its passes from the last: the next pass is p - 1
+                    nxt = ts[:, lo - 1:hi - 1, used[-1], 0] if p == used[0] else ts[:, lo:hi, p - 1, 0]
+                    d = [ts[:, lo:hi, p, 1] - ts[:, lo:hi, p, 0], ts[:, lo:hi, p, 2] - ts[:, lo:hi, p, 1],
+                         ts[:, lo:hi, p, 3] - ts[:, lo:hi, p, 2], nxt - ts[:, lo:hi, p, 3]]
+                rows.append([label, kernel if buf is not bufs[0] else "fwd (no grad)", p]
+                            + [f"{v.median().item():.0f}" for v in d] + ["-"] * (4 - len(d))
+                            + [f"{sum(v.median().item() for v in d) / span:.2f}"])
+            rows.append([label, kernel if buf is not bufs[0] else "fwd (no grad)", "step", f"{span:.0f} cycles",
+                         f"fwd {fwd_ms:.2f} ms" if buf is bufs[0] else "", "", "", ""])
+        log(f"timeline {label} done")
+    emit("Inside the kernels: cycles per phase and pass (medians over programs and steps)",
+         ["case", "kernel", "pass", "fwd: products / bwd: phase A", "fwd: elementwise+stores / bwd: barrier",
+          "fwd: barrier wait / bwd: phase B", "bwd: to next pass", "of the step"], rows)
 
 
 def part_prof() -> None:
@@ -472,7 +684,8 @@ def main() -> None:
             {"scan": part_scan, "darts": part_darts, "lstm": part_lstm, "ncu": part_ncu, "tune": part_tune,
              "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd,
              "prof": part_prof, "kc": part_kc,
-             "kcbwd": part_kcbwd, "next": part_next}[part]()
+             "kcbwd": part_kcbwd, "next": part_next, "timeline": part_timeline,
+             "stack": part_stack}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))

@@ -385,3 +385,49 @@ def test_k_groups_over_columns_match_reference(cell: str, kp: int, kc: int, jpp:
     concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
     out_err, grad_err = compare(graph, B=B, T=3, I=5, H=H)
     assert out_err < 1e-12 and grad_err < 1e-12, (cell, blocks, out_err, grad_err)
+
+
+@pytest.mark.parametrize("cell,stack_max", [("darts_v2", 2), ("darts_v2", 4), ("lstm", 4), ("nasbench_nlp", 2)])
+def test_stacked_products_match_reference(cell: str, stack_max: int, concurrent_programs) -> None:
+    """The forward's products on the FMA path with K slices stack a source's linears in runs of
+    up to STACK_MAX (pairs, fours and single leftovers: DARTS V2's six from one node are 2+2+2 or
+    4+2), split back after the K-loop; here with three column blocks over H = 10 (a masked edge)
+    and concurrent programs, float64 against the reference."""
+    from nas.genotypes import darts_assignment
+
+    name = "darts_ptb" if cell == "darts_v2" else cell
+    space = load_space(SPACES / f"{name}.cell")
+    if cell == "darts_v2":
+        graph = space.instantiate(darts_assignment(space))
+    elif cell == "lstm":
+        graph = space.instantiate({})
+    else:
+        rng = random.Random(11)
+        graph = next(g for g in (space.instantiate(space.sample(rng)) for _ in range(200))
+                     if choose_backend(g, "auto") == "fused" and codegen.make_spec(make_plan(g)).stacks())
+    assert codegen.make_spec(make_plan(graph)).stacks()
+    concurrent_programs.setattr(codegen, "STACK_MAX", stack_max)
+    B, H = 5, 10
+    blocks = dict(BLOCK_B=4, BLOCK_H=4, BLOCK_K=4, JPP=1, NK=2, NPC=3, KS=2, KP=1, KC=1, NB=2, num_warps=4)
+    concurrent_programs.setattr(fused, "choose_blocks", lambda *a, **k: dict(blocks))
+    out_err, grad_err = compare(graph, B=B, T=3, I=5, H=H)
+    assert out_err < 1e-12 and grad_err < 1e-12, (cell, stack_max, out_err, grad_err)
+
+
+def test_fp32_small_tiles_rule(monkeypatch) -> None:
+    """Strict fp32 on 16x16 tiles: the forward takes two K slices of 16 where its products stack,
+    the backward of a multi-pass cell K groups of 8 over columns; neither elsewhere."""
+    from nas.genotypes import darts_assignment
+
+    rule = _gpu_rule(monkeypatch)
+    darts_space = load_space(SPACES / "darts_ptb.cell")
+    darts = codegen.make_spec(make_plan(darts_space.instantiate(darts_assignment(darts_space))))
+    lstm = codegen.make_spec(make_plan(load_space(SPACES / "lstm.cell").instantiate({})))
+    fwd = rule(darts, 64, 512, torch.float32)
+    assert (fwd["KS"], fwd["BLOCK_K"], fwd["KP"], fwd["NK"]) == (2, 16, 1, 16), fwd
+    bwd = fused.choose_blocks(darts, 64, 512, torch.device("cuda"), torch.float32, kernel="bwd")
+    assert (bwd["KP"], bwd["KC"], bwd["num_warps"], bwd["NB"] * bwd["NPC"] * bwd["KP"]) == (8, 8, 8, 128), bwd
+    assert fused.choose_blocks(lstm, 64, 512, torch.device("cuda"), torch.float32, kernel="bwd")["KP"] == 1
+    assert rule(lstm, 64, 512, torch.float32)["KS"] == 2
+    assert rule(lstm, 16, 256, torch.float32)["KS"] == 1  # K groups there (KP 4)
+    assert rule(darts, 64, 512, torch.bfloat16)["BLOCK_K"] == 32  # the matrix units keep their rule

@@ -115,6 +115,12 @@ BWD = {
     "softplus": lambda o, a, g: [f"tl.where({a[0]} > 20.0, {g}, {g} * _sigmoid({a[0]}))"],
 }
 
+STACK_MAX = 2  # a source's linears in one stacked FMA product tile (4: the forward spills; see
+# stacked_products)
+# the split products stack on the FMA path only (strict fp32, and fp64 in the CPU tests): the
+# matrix units' K slices are tuned on 16-wide tiles
+FMA_STACK = 'PREC == "ieee" and XP.dtype.element_ty != tl.bfloat16 and XP.dtype.element_ty != tl.float16'
+
 _HELPERS = '''
 @triton.jit
 def _sigmoid(x):
@@ -284,6 +290,8 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, "pcols = tl.arange(0, KC * BLOCK_H)")
         e(ind, "kk = tl.arange(0, BLOCK_K)")
         e(ind, "ks = tl.arange(0, KS)")
+        for g in (2, 4):  # a stacked run's columns (stacked_products)
+            e(ind, f"sq{g} = tl.arange(0, {g} * KC * BLOCK_H)")
         e(ind, f"XW = {NX} * H")
         e(ind, f"SW = {NS} * H")
         e(ind, f"LW = {max(NL, 1)} * H")
@@ -409,9 +417,70 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, f"w_ = tl.load(WT{w} + {rows_} * ({ld} * H) + {cols_}, mask=mw, other=0.0)")
         e(ind, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
 
+    def stack_groups(pparts) -> list[tuple[int, list[tuple[int, int]]]]:
+        """A pass's parts by source, in runs of up to STACK_MAX (powers of two): each run's
+        weight blocks lie side by side in one product tile, (source, [(linear, row), ...])."""
+        groups = []
+        for w in sorted({w for _, w, _ in pparts}):
+            mine = [(li, row) for li, w2, row in pparts if w2 == w]
+            while mine:
+                g = 1 << (min(len(mine), STACK_MAX).bit_length() - 1)
+                groups.append((w, mine[:g]))
+                mine = mine[g:]
+        return groups
+
+    def stacked_products(ind: int, pparts) -> None:
+        """Split K with a run of a source's linears in one product tile (KS, rows, G * width):
+        Triton lays a wide 3-D FMA dot out with 4x4 outputs per thread where a 16x16 one has
+        one or two, so each operand load feeds more FMAs (products alone, H200: 4 linears per
+        tile in 2 K slices 13.0 ms vs 22.0 for 16x16 tiles). The sums are split back into the
+        linears' tiles once per pass (reshape, permute, split)."""
+        groups = stack_groups(pparts)
+        for gi, (w, run) in enumerate(groups):
+            G = len(run)
+            e(ind, f"s{gi} = tl.zeros([KS, KP // KC * BLOCK_B, {G} * KC * BLOCK_H], dtype=ACC)")
+            if G > 1:
+                rows_ = " + ".join(f"(sq{G} // (KC * BLOCK_H) == {q}) * {row}" for q, (_, row) in enumerate(run))
+                e(ind, f"sc{gi} = ({rows_}) * H + cg * (KC * BLOCK_H) + sq{G} % (KC * BLOCK_H)  # the run's columns")
+                e(ind, f"ms{gi} = cg * (KC * BLOCK_H) + sq{G} % (KC * BLOCK_H) < H")
+        e(ind, "for k in range(NK):")
+        k_head3(ind + 1)
+        for w in sorted({w for w, _ in groups}):
+            src_load(w, ind + 1, f"a{w}", True)
+        for gi, (w, run) in enumerate(groups):
+            if len(run) == 1:
+                weight_dot(ind + 1, w, run[0][1], f"s{gi}", True)
+                continue
+            ld = spec.wrows[spec.wsrcs[w]]
+            e(ind + 1, f"w_ = tl.load(WT{w} + ck[:, :, None] * ({ld} * H) + sc{gi}[None, None, :], "
+                       f"mask=mk[:, :, None] & ms{gi}[None, None, :], other=0.0)")
+            e(ind + 1, f"s{gi} = tl.dot(a{w}, w_, acc=s{gi}, input_precision=PREC, out_dtype=ACC)")
+        for gi, (w, run) in enumerate(groups):
+            lvs = [var[spec.linears[li]] for li, _ in run]
+            e(ind, f"u_ = tl.sum(s{gi}, axis=0)")
+            if len(run) == 1:
+                e(ind, f"{lvs[0]} = {lvs[0]} + u_")
+                continue
+            if len(run) == 2:
+                e(ind, "u0, u1 = tl.split(tl.permute(tl.reshape(u_, [KP // KC * BLOCK_B, 2, KC * BLOCK_H]), (0, 2, 1)))")
+                parts = ["u0", "u1"]
+            else:  # four: q = 2a + b, split on b, then on a
+                e(ind, "ub0, ub1 = tl.split(tl.permute(tl.reshape(u_, [KP // KC * BLOCK_B, 2, 2, KC * BLOCK_H]), "
+                       "(0, 3, 1, 2)))")
+                e(ind, "u0, u2 = tl.split(ub0)")
+                e(ind, "u1, u3 = tl.split(ub1)")
+                parts = ["u0", "u1", "u2", "u3"]
+            for lv, part in zip(lvs, parts):
+                e(ind, f"{lv} = {lv} + {part}")
+
     def forward_products(ind: int, pparts, split: bool) -> None:
         """The pass's linears' recurrent products; with `split`, K is cut into KS slices whose
         partial products (each warp's own) are summed once after the loop."""
+        if split and len(stack_groups(pparts)) < len(pparts):
+            e(ind, f"if {FMA_STACK}:")
+            stacked_products(ind + 1, pparts)
+            e(ind, "else:")
+            ind += 1
         lins = sorted({li for li, _, _ in pparts})
         for li in lins if split else []:
             e(ind, f"p{li} = tl.zeros([KS, KP // KC * BLOCK_B, KC * BLOCK_H], dtype=ACC)")

@@ -163,6 +163,29 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
                         KS=ks, KP=kp, KC=kc, NB=nb, num_warps=warps,
                         **({"num_stages": extra[0]} if extra and extra[0] else {}))
     assert best is not None
+    if pinned is None and not mma and dtype == torch.float32 and best["KP"] == 1 and best["KS"] == 1 \
+            and best["BLOCK_B"] * best["BLOCK_H"] == MIN_BLOCK * MIN_BLOCK:
+        best = _fma_small_tiles(spec, best, B, H, sms, kernel)
+    return best
+
+
+def _fma_small_tiles(spec: FusedSpec, best: dict, B: int, H: int, sms: int, kernel: str) -> dict:
+    """Strict fp32 on 16x16 tiles: the forward's K in two slices of 16-wide K tiles, where its
+    passes' products stack (codegen.stacked_products: pairs of a source's linears in one tile);
+    the backward of a multi-pass cell in K groups of 8 programs over 8 column blocks, 8 warps.
+    Measured on the H200 (2026-12-02, fused_probe.py --parts stack): DARTS V2 (64, 512, 512)
+    forward 25.2 vs 30.0 ms, forward+backward 66.0 vs 72.7 (68.6 with the stacked forward
+    alone); the LSTM (64, 512, 512) forward 6.1 vs 7.9 ms."""
+    cdiv = triton.cdiv
+    best = dict(best)
+    if kernel == "fwd" and spec.stacks() and H >= 2 * 2 * MIN_BLOCK:
+        best.update(KS=2, BLOCK_K=MIN_BLOCK, NK=cdiv(H, 2 * MIN_BLOCK))
+        best.pop("num_stages", None)
+    elif kernel == "bwd" and spec.passes > 1 and H >= 32 * MIN_BLOCK and cdiv(B, MIN_BLOCK) * 8 <= sms:
+        nb, nj = cdiv(B, MIN_BLOCK), cdiv(H, 8 * MIN_BLOCK)
+        npc = min(nj, max(1, sms // (nb * 8)))
+        best = dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=MIN_BLOCK, JPP=cdiv(nj, npc),
+                    NK=cdiv(H, 8 * MIN_BLOCK), NPC=npc, KS=1, KP=8, KC=8, NB=nb, num_warps=8)
     return best
 
 

@@ -68,6 +68,11 @@ class FusedSpec:
     def pass_parts(self, k: int) -> list[tuple[int, int, int]]:
         return [p for p in self.parts if self.stage[self.linears[p[0]]] == k]
 
+    def stacks(self) -> bool:
+        """Whether some pass has two parts from one source (the stacked products apply)."""
+        return any(len([1 for _, w2, _ in self.pass_parts(k) if w2 == w]) > 1
+                   for k in range(self.passes) for w in {w for _, w, _ in self.pass_parts(k)})
+
     def max_linears_per_pass(self) -> int:
         return max((len(self.pass_linears(k)) for k in range(self.passes)), default=0)
 
