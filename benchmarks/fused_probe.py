@@ -485,6 +485,14 @@ def part_stack() -> None:
     rule's blocks), DARTS V2 and the LSTM in strict fp32. sm_90 code compiled on the CPU: the
     forward spills 160 B (KS 2, BK 16) to 960 B (KS 4, BK 32)."""
     rule_bwd = "16,16,32,4"
+    if os.environ.get("PROBE_STACK") == "3":  # round 3 (18:25): the backward's K groups beside the new rule
+        variants = [Variant("rule")] + [Variant(f"bwd {b}", bwd_blocks=b) for b in (
+            "16,16,32,8,0,1,8,8", "16,16,16,8,1,1,8,8", "16,16,16,8,2,1,8,8", "16,16,16,4,0,1,8,8",
+            "16,16,16,8,0,1,4,4", "16,16,16,8,0,2,8,8", "16,16,16,16,0,1,8,8")]
+        rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+        emit("Stacked FMA products: the backward's K groups beside them", [
+            "case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
+        return
     if os.environ.get("PROBE_STACK") == "2":  # round 2 (2026-12-02 17:50): the backward beside stack 2
         f2 = "16,16,16,4,0,2"
         variants = [Variant("rule"), Variant("fwd stack2", blocks=f2, bwd_blocks=rule_bwd, stack_max=2)]
@@ -505,6 +513,44 @@ def part_stack() -> None:
         rows = time_variants(label, g, 64, 512, 512, torch.float32, False, variants)
         emit(f"Stacked FMA products in the forward: {label}", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
                                                                 "/ cuDNN", "vs first"], rows)
+
+
+def part_wgrad() -> None:
+    """The weight gradients after the backward kernel (DARTS V2 (64, 512, 512): one GEMM per
+    source, dW = dpre^T @ values over T*B = 32768 rows; 7.25 ms of the 74 at 14:50): as now, with
+    the long K cut into c chunks (a batched GEMM, then a sum), and transposed; the biases' 18
+    column sums against one."""
+    TB, H, XW = 512 * 64, 512, 18 * 512
+    dxp = torch.randn(TB, XW, device="cuda")
+    vals = [torch.randn(TB, H, device="cuda") for _ in range(6)]
+    runs = [(0, 2), (2, 2), (4, 6), (10, 2), (12, 4), (16, 2)]  # (first linear, count) per source
+
+    def now():
+        return [dxp[:, a * H:(a + n) * H].t() @ v for (a, n), v in zip(runs, vals)]
+
+    def chunked(c):
+        def run():
+            return [torch.bmm(dxp[:, a * H:(a + n) * H].reshape(c, TB // c, n * H).transpose(1, 2),
+                              v.reshape(c, TB // c, H)).sum(0) for (a, n), v in zip(runs, vals)]
+        return run
+
+    def transposed():
+        return [(v.t() @ dxp[:, a * H:(a + n) * H]).t() for (a, n), v in zip(runs, vals)]
+
+    ref = now()
+    flop = 2 * TB * H * H * sum(n for _, n in runs)
+    rows = []
+    with tf32(False):
+        for name, fn in [("as now", now), ("transposed", transposed)] + [(f"{c} chunks", chunked(c)) for c in (2, 4, 8, 16)]:
+            got = fn()
+            err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, ref))
+            ms = do_bench(fn, warmup=10, rep=50, return_mode="median")
+            rows.append([name, ms, flop / ms / 1e9, f"{err:.1e}"])
+        for name, fn in [("18 column sums", lambda: [dxp[:, i * H:(i + 1) * H].sum(0) for i in range(18)]),
+                         ("one column sum", lambda: dxp.sum(0))]:
+            rows.append([name, do_bench(fn, warmup=10, rep=50, return_mode="median"), "-", "-"])
+    emit("Weight and bias gradients after the backward kernel (DARTS V2 shapes, fp32)",
+         ["variant", "ms", "TFLOP/s", "rel err vs as now"], rows)
 
 
 def part_timeline() -> None:
@@ -685,7 +731,7 @@ def main() -> None:
              "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd,
              "prof": part_prof, "kc": part_kc,
              "kcbwd": part_kcbwd, "next": part_next, "timeline": part_timeline,
-             "stack": part_stack}[part]()
+             "stack": part_stack, "wgrad": part_wgrad}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))

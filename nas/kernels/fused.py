@@ -106,8 +106,9 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     tiles of 64 rows or more take K blocks of 64 (fp32 ones run out of shared memory there);
     tf32 may use 128-row tiles. On the matrix units (bf16, fp16, tf32) a small tile's warps
     each sum a slice of K (`k_slices`): DARTS V2 (64, 512, 512) tf32 51.6 ms vs 63.5 with one
-    slice, LSTM (64, 512, 512) tf32 10.4 vs 15.8 ms. Plain fp32 (FMA) keeps one slice: its
-    3-D products were slower there (DARTS V2 120 ms with 4 slices vs 73). Batches with more
+    slice, LSTM (64, 512, 512) tf32 10.4 vs 15.8 ms. Plain fp32 (FMA) keeps one slice (its
+    3-D 16x16 products were slower: DARTS V2 120 ms with 4 slices vs 73) except on 16x16 tiles
+    whose passes stack a source's linears into wider products (`_fma_small_tiles`). Batches with more
     tiles than multiprocessors run NPC = 1. Tuning runs: benchmarks/fused_probe.py --parts
     tune,kp, benchmarks/fused_tune.py.
 
