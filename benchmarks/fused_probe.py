@@ -53,6 +53,7 @@ from nas.kernels import scan as KS  # noqa: E402
 
 REPORT: list[str] = []
 _ORIGINAL = (KF.load, KF._prec)  # what `_patched` wraps and restores
+_STACK_MAX = KCG.STACK_MAX
 
 
 def emit(title: str, headers: list[str], rows: list[list]) -> None:
@@ -244,14 +245,14 @@ class Variant:
     bwd_blocks: str = ""  # NAS_FUSED_BLOCKS_BWD ('' = as the forward)
     prec: str = ""  # '' = follow torch's flag
     source: str = "base"
-    stack_max: int = 4  # codegen.STACK_MAX while the variant's kernels are generated
+    stack_max: int | None = None  # codegen.STACK_MAX while its kernels are generated (None: the default)
 
 
 def _patched(variant: Variant):
     """Install the variant: block override, precision and source transform of the generated kernel."""
     os.environ["NAS_FUSED_BLOCKS"] = variant.blocks
     os.environ["NAS_FUSED_BLOCKS_BWD"] = variant.bwd_blocks
-    KCG.STACK_MAX = variant.stack_max
+    KCG.STACK_MAX = variant.stack_max or _STACK_MAX
     orig_load, orig_prec = _ORIGINAL
     transform = SOURCE_VARIANTS[variant.source]
 
@@ -485,6 +486,14 @@ def part_stack() -> None:
     rule's blocks), DARTS V2 and the LSTM in strict fp32. sm_90 code compiled on the CPU: the
     forward spills 160 B (KS 2, BK 16) to 960 B (KS 4, BK 32)."""
     rule_bwd = "16,16,32,4"
+    if os.environ.get("PROBE_STACK") == "4":  # round 4 (18:20): runs of 4 with 8 warps
+        variants = [Variant("rule")] + [Variant(f"fwd {b} stack {m}", blocks=b, bwd_blocks="16,16,16,8,0,1,8,8",
+                                                stack_max=m)
+                                        for b, m in (("16,16,16,8,0,4", 4), ("16,16,16,8,0,2", 4), ("16,16,16,8,0,2", 2))]
+        rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+        emit("Stacked FMA products: runs of 4 with 8 warps", [
+            "case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
+        return
     if os.environ.get("PROBE_STACK") == "3":  # round 3 (18:25): the backward's K groups beside the new rule
         variants = [Variant("rule")] + [Variant(f"bwd {b}", bwd_blocks=b) for b in (
             "16,16,32,8,0,1,8,8", "16,16,16,8,1,1,8,8", "16,16,16,8,2,1,8,8", "16,16,16,4,0,1,8,8",
@@ -573,7 +582,7 @@ def part_timeline() -> None:
             with tf32(allow):
                 _patched(Variant("timed", source="timed", blocks=os.environ.get("PROBE_TL_BLOCKS", ""),
                                  bwd_blocks=os.environ.get("PROBE_TL_BWD", ""),
-                                 stack_max=int(os.environ.get("PROBE_TL_STACK", "4"))))
+                                 stack_max=int(os.environ.get("PROBE_TL_STACK", "0")) or None))
                 KF._scratch = scratch
                 torch.manual_seed(0)
                 model = build_rnn(g, H, H, 1, backend="triton").cuda().to(dtype)
