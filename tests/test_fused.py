@@ -357,6 +357,21 @@ def test_k_groups_with_several_blocks_or_k_slices(cell: str, layout: str, concur
     assert out_err < 1e-12 and grad_err < 1e-12, (cell, layout, out_err, grad_err)
 
 
+def _cell_graph(cell: str, keep=lambda g: True):
+    """DARTS V2, the LSTM, or the first random cell of the named space (seed 11) that runs fused
+    and passes `keep`."""
+    from nas.genotypes import darts_assignment
+
+    space = load_space(SPACES / f"{'darts_ptb' if cell == 'darts_v2' else cell}.cell")
+    if cell == "darts_v2":
+        return space.instantiate(darts_assignment(space))
+    if cell == "lstm":
+        return space.instantiate({})
+    rng = random.Random(11)
+    return next(g for g in (space.instantiate(space.sample(rng)) for _ in range(200))
+                if choose_backend(g, "auto") == "fused" and keep(g))
+
+
 @pytest.mark.parametrize("cell,kp,kc,jpp,ks", [("darts_v2", 4, 2, 1, 1), ("darts_v2", 2, 2, 2, 1),
                                                ("lstm", 4, 4, 1, 1), ("lstm", 2, 2, 1, 2),
                                                ("nasbench_nlp", 2, 2, 1, 1)])
@@ -366,18 +381,7 @@ def test_k_groups_over_columns_match_reference(cell: str, kp: int, kc: int, jpp:
     KP // KC row blocks): each program sums one KP-th of K over the whole tile, then finishes
     its own block; also with two column groups per program (JPP = 2) and with K slices (KS = 2,
     the 3-D path); float64 with concurrent programs against the reference."""
-    from nas.genotypes import darts_assignment
-
-    name = "darts_ptb" if cell == "darts_v2" else cell
-    space = load_space(SPACES / f"{name}.cell")
-    if cell == "darts_v2":
-        graph = space.instantiate(darts_assignment(space))
-    elif cell == "lstm":
-        graph = space.instantiate({})
-    else:
-        rng = random.Random(11)
-        graph = next(g for g in (space.instantiate(space.sample(rng)) for _ in range(200))
-                     if choose_backend(g, "auto") == "fused")
+    graph = _cell_graph(cell)
     B, H, bh, bb, bk = 5, 16, 4, 2, 4
     groups = -(-H // (kc * bh))
     blocks = dict(BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, JPP=jpp, NK=-(-H // (kp * ks * bk)), NPC=-(-groups // jpp),
@@ -393,18 +397,7 @@ def test_stacked_products_match_reference(cell: str, stack_max: int, concurrent_
     up to STACK_MAX (pairs, fours and single leftovers: DARTS V2's six from one node are 2+2+2 or
     4+2), split back after the K-loop; here with three column blocks over H = 10 (a masked edge)
     and concurrent programs, float64 against the reference."""
-    from nas.genotypes import darts_assignment
-
-    name = "darts_ptb" if cell == "darts_v2" else cell
-    space = load_space(SPACES / f"{name}.cell")
-    if cell == "darts_v2":
-        graph = space.instantiate(darts_assignment(space))
-    elif cell == "lstm":
-        graph = space.instantiate({})
-    else:
-        rng = random.Random(11)
-        graph = next(g for g in (space.instantiate(space.sample(rng)) for _ in range(200))
-                     if choose_backend(g, "auto") == "fused" and codegen.make_spec(make_plan(g)).stacks())
+    graph = _cell_graph(cell, keep=lambda g: codegen.make_spec(make_plan(g)).stacks())
     assert codegen.make_spec(make_plan(graph)).stacks()
     concurrent_programs.setattr(codegen, "STACK_MAX", stack_max)
     B, H = 5, 10
