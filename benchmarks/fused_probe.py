@@ -1,7 +1,8 @@
 """Where the fused sequential kernel's time goes, and the scan kernel's tuning (development
 probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.md).
 
-    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd,prof,kc,kcbwd,next]
+    python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd,prof,kc,kcbwd,next,
+                                              stack,timeline,wgrad]
 
 scan   the forward scan kernel (it prefetches the next tile) over (BLOCK_T, BLOCK_D, warps),
        against the device-to-device copy
@@ -18,6 +19,12 @@ bwd    the backward kernel's blocks alone (NAS_FUSED_BLOCKS_BWD), DARTS V2 fp32
 kc     K groups over columns (KC), DARTS V2 and the LSTM in fp32; kcbwd: the backward's alone
 next   independent FMA chains: one phase-B accumulator per linear (`bwdacc`), K-loops
        alternating between two accumulator copies (`kint2`); PROBE_NEXT picks variants
+stack  stacked FMA products (codegen.stacked_products) for block choices and STACK_MAX;
+       PROBE_STACK=2|3|4 the later rounds (stages and the backward beside them, its K groups,
+       8 warps)
+timeline  clock64 stamps per pass phase inside the kernels (PROBE_TL_BLOCKS / _BWD / _STACK
+       pin a config): where a pass's time goes
+wgrad  the weight-gradient GEMMs in K chunks, and one bias column sum against 18
 prof   DARTS V2 fp32 under torch.profiler (the kernels' shares), and a GEMM on a second
        stream beside the fused kernel (does it overlap?)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
