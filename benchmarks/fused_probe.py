@@ -582,13 +582,16 @@ def part_timeline() -> None:
         orig = KF._scratch
 
         def scratch(blocks, B_, width, dtype_, device):
+            if blocks["KP"] > 1:  # its K groups need SCR for their exchange
+                raise RuntimeError(f"timeline: the stamps take SCR, which K groups need ({blocks}); "
+                                   "pin blocks with KP = 1 (PROBE_TL_BLOCKS, PROBE_TL_BWD)")
             nprog = blocks["NB"] * blocks["NPC"] * blocks["KP"]
             bufs.append(torch.zeros(nprog * T * 32 * 2, dtype=torch.float32, device=device))
             return bufs[-1]
         try:
             with tf32(allow):
                 _patched(Variant("timed", source="timed", blocks=os.environ.get("PROBE_TL_BLOCKS", ""),
-                                 bwd_blocks=os.environ.get("PROBE_TL_BWD", ""),
+                                 bwd_blocks=os.environ.get("PROBE_TL_BWD", "16,16,32,4"),  # KP = 1
                                  stack_max=int(os.environ.get("PROBE_TL_STACK", "0")) or None))
                 KF._scratch = scratch
                 torch.manual_seed(0)
