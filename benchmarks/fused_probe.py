@@ -116,6 +116,15 @@ def part_scan() -> None:
 
 
 # ---- fused kernel variants ------------------------------------------------------------------
+def _loop_body(lines: list[str], j: int, ind: str) -> tuple[list[str], int]:
+    """The lines from j indented deeper than `ind` (a loop's body), and the index after them."""
+    body = []
+    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > len(ind)):
+        body.append(lines[j])
+        j += 1
+    return body, j
+
+
 def _bwd_acc_per_linear(src: str) -> str:
     """The backward's phase B (one K slice) with one accumulator per linear, summed after the
     K-loop, instead of every linear's dot chaining into the source's one (ncu, 2026-12-02 14:50:
@@ -129,10 +138,7 @@ def _bwd_acc_per_linear(src: str) -> str:
             i += 1
             continue
         ind, acc, init = m.groups()
-        body, j = [], i + 2
-        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > len(ind)):
-            body.append(lines[j])
-            j += 1
+        body, j = _loop_body(lines, i + 2, ind)
         dot = re.compile(rf"^(\s*){acc} = tl\.dot\((d\d+), w_, acc={acc},")
         parts = [dm.group(2) for dm in map(dot.match, body) if dm]
         out += [f"{ind}{acc}_{d} = {init}" for d in parts] + [lines[i + 1]]
@@ -159,10 +165,7 @@ def _k_interleaved(src: str, ways: int = 2) -> str:
             i += 1
             continue
         ind = m.group(1)
-        body, j = [], i + 1
-        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > len(ind)):
-            body.append(lines[j])
-            j += 1
+        body, j = _loop_body(lines, i + 1, ind)
         accs = sorted({dm.group(1) for dm in (re.match(r"^\s*(\w+) = tl\.dot\(.*acc=(\w+),", b) for b in body)
                        if dm and dm.group(1) == dm.group(2)})
         if not accs:

@@ -429,14 +429,13 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
                 mine = mine[g:]
         return groups
 
-    def stacked_products(ind: int, pparts) -> None:
+    def stacked_products(ind: int, groups) -> None:
         """Split K with a run of a source's linears in one product tile (KS, rows, G * width):
         Triton lays a wide 3-D FMA dot out with 4x4 outputs per thread where a 16x16 one has
         one or two, so each operand load feeds more FMAs (H200: DARTS V2's products alone with 4
         linears per tile in 2 K slices 13.0 ms vs 22.0 for 16x16 tiles; its forward with runs of
         2, KS 2, BK 16 25.2 ms vs 30.0; runs of 4 spill there, 28.7). The sums are split back
-        into the linears' tiles once per pass (reshape, permute, split)."""
-        groups = stack_groups(pparts)
+        into the linears' tiles once per pass (reshape, permute, split); `groups`: stack_groups'."""
         for gi, (w, run) in enumerate(groups):
             G = len(run)
             e(ind, f"s{gi} = tl.zeros([KS, KP // KC * BLOCK_B, {G} * KC * BLOCK_H], dtype=ACC)")
@@ -477,9 +476,10 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     def forward_products(ind: int, pparts, split: bool) -> None:
         """The pass's linears' recurrent products; with `split`, K is cut into KS slices whose
         partial products (each warp's own) are summed once after the loop."""
-        if split and len(stack_groups(pparts)) < len(pparts):
+        groups = stack_groups(pparts) if split else []
+        if len(groups) < len(pparts) and split:
             e(ind, f"if {FMA_STACK}:")
-            stacked_products(ind + 1, pparts)
+            stacked_products(ind + 1, groups)
             e(ind, "else:")
             ind += 1
         lins = sorted({li for li, _, _ in pparts})
