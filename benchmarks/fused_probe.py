@@ -2,7 +2,7 @@
 probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.md).
 
     python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd,prof,kc,kcbwd,next,
-                                              stack,timeline,wgrad]
+                                              stack,timeline,wgrad,xchg]
 
 scan   the forward scan kernel (it prefetches the next tile) over (BLOCK_T, BLOCK_D, warps),
        against the device-to-device copy
@@ -20,10 +20,12 @@ kc     K groups over columns (KC), DARTS V2 and the LSTM in fp32; kcbwd: the bac
 next   independent FMA chains: one phase-B accumulator per linear (`bwdacc`), K-loops
        alternating between two accumulator copies (`kint2`); PROBE_NEXT picks variants
 stack  stacked FMA products (codegen.stacked_products) for block choices and STACK_MAX;
-       PROBE_STACK=2|3|4 the later rounds (stages and the backward beside them, its K groups,
-       8 warps)
+       PROBE_STACK=2|3|4|5 the later rounds (stages and the backward beside them, its K groups,
+       8 warps, one pipeline stage)
 timeline  clock64 stamps per pass phase inside the kernels (PROBE_TL_BLOCKS / _BWD / _STACK
        pin a config): where a pass's time goes
+xchg   the backward's K-group exchange: without its barrier, its loads, either, any barrier
+       (timing only)
 wgrad  the weight-gradient GEMMs in K chunks, and one bias column sum against 18
 prof   DARTS V2 fp32 under torch.profiler (the kernels' shares), and a GEMM on a second
        stream beside the fused kernel (does it overlap?)
@@ -245,6 +247,11 @@ SOURCE_VARIANTS = {
     "timed": _timed,
     "kint1": lambda s: _k_interleaved(s, 1),
     "bwdacc+kint2": lambda s: _k_interleaved(_bwd_acc_per_linear(s)),
+    # the K groups' exchange (wrong results, timing only): no group barrier; no loads of the parts
+    "nogroupbar": lambda s: s.replace("_sync(barq, eq, KP)", "tl.debug_barrier()"),
+    "noscrload": lambda s: re.sub(r"(\w+) \+= tl\.load\(SCR [^\n]*", r"\1 += zero", s),
+    "noxchg": lambda s: re.sub(r"(\w+) \+= tl\.load\(SCR [^\n]*", r"\1 += zero",
+                               s.replace("_sync(barq, eq, KP)", "tl.debug_barrier()")),
 }
 
 
@@ -496,6 +503,9 @@ def part_stack() -> None:
     rule's blocks), DARTS V2 and the LSTM in strict fp32. sm_90 code compiled on the CPU: the
     forward spills 160 B (KS 2, BK 16) to 960 B (KS 4, BK 32)."""
     rule_bwd = "16,16,32,4"
+    if os.environ.get("PROBE_STACK") == "5":  # round 5 (2026-12-02 20:10): one pipeline stage
+        _stack_round5()
+        return
     if os.environ.get("PROBE_STACK") == "4":  # round 4 (18:20): runs of 4 with 8 warps
         variants = [Variant("rule")] + [Variant(f"fwd {b} stack {m}", blocks=b, bwd_blocks="16,16,16,8,0,1,8,8",
                                                 stack_max=m)
@@ -532,6 +542,49 @@ def part_stack() -> None:
         rows = time_variants(label, g, 64, 512, 512, torch.float32, False, variants)
         emit(f"Stacked FMA products in the forward: {label}", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
                                                                 "/ cuDNN", "vs first"], rows)
+
+
+def _rule_blocks(graph, B: int, H: int, kernel: str) -> str:
+    """The rule's blocks for one kernel as a NAS_FUSED_BLOCKS string (to pin the other kernel)."""
+    _patched(Variant("reset"))
+    spec = build_rnn(graph, H, H, 1, backend="triton").layers[0].spec
+    b = KF.choose_blocks(spec, B, H, torch.device("cuda"), torch.float32, kernel=kernel)
+    return ",".join(str(b[k]) for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "num_warps")) + \
+        f",{b.get('num_stages', 0)},{b['KS']},{b['KP']},{b['KC']}"
+
+
+def _stack_round5() -> None:
+    """One pipeline stage: sm_90 code compiled on the CPU shows the forward's runs of 4 without
+    spills at one stage (238 registers; 160 B of spills at the default), and the backward's
+    K groups of 4 over columns with 2 K slices at 32 B (1224 B at the default); the rule's
+    backward (KC 8, 8 warps) spills 868 B."""
+    rows = []
+    for label, g in (("darts_v2 64x512x512 fp32", darts_v2()), ("lstm 64x512x512 fp32", space("lstm").instantiate({}))):
+        fwd_rule, bwd_rule = _rule_blocks(g, 64, 512, "fwd"), _rule_blocks(g, 64, 512, "bwd")
+        log(f"{label}: rule fwd {fwd_rule}, bwd {bwd_rule}")
+        variants = [Variant("rule")]
+        variants += [Variant(f"fwd {b} stack {m}", blocks=b, bwd_blocks=bwd_rule, stack_max=m)
+                     for b, m in (("16,16,16,4,1,2", 4), ("16,16,16,4,2,2", 4), ("16,16,16,4,1,2", 2))]
+        if label.startswith("darts"):
+            variants += [Variant(f"bwd {b}", bwd_blocks=b) for b in (
+                "16,16,16,4,1,2,4,4", "16,16,16,4,0,2,4,4", "16,16,16,4,2,2,4,4", "16,16,16,4,1,2,2,2",
+                "16,16,16,4,1,4,4,4", "16,16,16,8,1,2,4,4")]
+            variants.append(Variant("fwd stack 4 st1 + bwd KC4 KS2 st1", blocks="16,16,16,4,1,2",
+                                    bwd_blocks="16,16,16,4,1,2,4,4", stack_max=4))
+        rows += time_variants(label, g, 64, 512, 512, torch.float32, False, variants)
+    emit("Stacked FMA products: one pipeline stage, runs of 4, the backward's K groups of 4 with K slices", [
+        "case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
+
+
+def part_xchg() -> None:
+    """What the backward's K-group exchange costs (DARTS V2 (64, 512, 512) fp32, the rule's KC 8:
+    per pass each program stores its 16 x 128 partial products in SCR, waits at its group's
+    barrier and adds 8 parts of its own block): without the group barrier, without the loads
+    of the parts, without either, without any barrier (wrong results: timing only)."""
+    variants = [Variant("rule")] + [Variant(v, source=v) for v in ("nogroupbar", "noscrload", "noxchg", "nosync")]
+    rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
+    emit("The backward's K-group exchange, timing only", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
+                                                          "/ cuDNN", "vs first"], rows)
 
 
 def part_wgrad() -> None:
@@ -753,7 +806,7 @@ def main() -> None:
              "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd,
              "prof": part_prof, "kc": part_kc,
              "kcbwd": part_kcbwd, "next": part_next, "timeline": part_timeline,
-             "stack": part_stack, "wgrad": part_wgrad}[part]()
+             "stack": part_stack, "wgrad": part_wgrad, "xchg": part_xchg}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))
