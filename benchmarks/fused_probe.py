@@ -506,6 +506,12 @@ def part_stack() -> None:
     if os.environ.get("PROBE_STACK") == "5":  # round 5 (2026-12-02 20:10): one pipeline stage
         _stack_round5()
         return
+    if os.environ.get("PROBE_STACK") == "7":  # round 7 (20:45): runs of 4 in small cells
+        _stack_round7()
+        return
+    if os.environ.get("PROBE_STACK") == "6":  # round 6 (20:55): the stacked forward in K groups over columns
+        _stack_round6()
+        return
     if os.environ.get("PROBE_STACK") == "4":  # round 4 (18:20): runs of 4 with 8 warps
         variants = [Variant("rule")] + [Variant(f"fwd {b} stack {m}", blocks=b, bwd_blocks="16,16,16,8,0,1,8,8",
                                                 stack_max=m)
@@ -585,6 +591,52 @@ def part_xchg() -> None:
     rows = time_variants("darts_v2 64x512x512 fp32", darts_v2(), 64, 512, 512, torch.float32, False, variants)
     emit("The backward's K-group exchange, timing only", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
                                                           "/ cuDNN", "vs first"], rows)
+
+
+def _stack_round6() -> None:
+    """The stacked forward in K groups over columns (KP = KC = 2 or 4 with 2 K slices): each
+    program's run of two linears becomes a (2, 16, 64) tile over half of K (the shape of the
+    fastest products alone, 13.0 ms against 23.2 for (2, 16, 32)), at the cost of an exchange
+    per pass. sm_90 code compiled on the CPU: the K-loops of KC 2 with 4 warps issue 7.3 FMAs
+    per shared load against 2.5 under the rule, with no spills inside them."""
+    rows = []
+    for label, g in (("darts_v2 64x512x512 fp32", darts_v2()), ("lstm 64x512x512 fp32", space("lstm").instantiate({}))):
+        bwd_rule = _rule_blocks(g, 64, 512, "bwd")
+        variants = [Variant("rule")] + [Variant(f"fwd {b} stack {m}", blocks=b, bwd_blocks=bwd_rule, stack_max=m)
+                                        for b, m in (("16,16,16,4,0,2,2,2", 2), ("16,16,16,8,0,2,2,2", 2),
+                                                     ("16,16,16,8,0,2,4,4", 2), ("16,16,16,4,0,2,4,4", 2),
+                                                     ("16,16,16,4,0,2,2,2", 4), ("16,16,16,4,0,4,2,2", 2))]
+        rows += time_variants(label, g, 64, 512, 512, torch.float32, False, variants)
+    emit("Stacked FMA products in K groups over columns (the forward)", [
+        "case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
+
+
+def _stack_round7() -> None:
+    """Runs of 4 against runs of 2 in cells with few recurrent parts (sm_90 code compiled on the
+    CPU: no spills with runs of 4 for the LSTM and random nasbench_nlp / nasrl_ptb cells, spills
+    for darts_ptb and enas_ptb ones), the rule's blocks otherwise: the LSTM, and the first
+    random cells (seed 11) of nasbench_nlp and nasrl_ptb whose passes stack."""
+    import random
+
+    from nas.compile import choose_backend
+    from nas.compile.plan import make_plan
+
+    cells = [("lstm", space("lstm").instantiate({}))]
+    for name in ("nasbench_nlp", "nasrl_ptb"):
+        rng, sp, n = random.Random(11), space(name), 0
+        for _ in range(60):
+            g = sp.instantiate(sp.sample(rng))
+            if choose_backend(g, "auto") == "fused" and KCG.make_spec(make_plan(g)).stacks():
+                cells.append((f"{name}#{n} ({len(KCG.make_spec(make_plan(g)).parts)} parts)", g))
+                n += 1
+                if n == 2:
+                    break
+    rows = []
+    for label, g in cells:
+        variants = [Variant("rule"), Variant("stack 4", stack_max=4), Variant("stack 2", stack_max=2)]
+        rows += time_variants(f"{label} 64x512x512 fp32", g, 64, 512, 512, torch.float32, False, variants)
+    emit("Stacked FMA products: runs of 4 in cells with few parts", [
+        "case", "variant", "blocks", "fwd ms", "fwd+bwd ms", "/ cuDNN", "vs first"], rows)
 
 
 def part_wgrad() -> None:

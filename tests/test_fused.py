@@ -426,3 +426,20 @@ def test_fp32_small_tiles_rule(monkeypatch) -> None:
     assert rule(lstm, 64, 512, torch.float32)["KS"] == 2
     assert rule(lstm, 16, 256, torch.float32)["KS"] == 1  # K groups there (KP 4)
     assert rule(darts, 64, 512, torch.bfloat16)["BLOCK_K"] == 32  # the matrix units keep their rule
+
+
+def test_stack_runs_follow_the_cells_size(monkeypatch) -> None:
+    """Runs of 4 of a source's linears per stacked product tile in small cells (the LSTM's four
+    gates in one tile), pairs in large ones (DARTS V2's forward spills with fours); STACK_MAX pins
+    it, and the generated source follows."""
+    from nas.genotypes import darts_assignment
+
+    darts_space = load_space(SPACES / "darts_ptb.cell")
+    darts = codegen.make_spec(make_plan(darts_space.instantiate(darts_assignment(darts_space))))
+    lstm_plan = make_plan(load_space(SPACES / "lstm.cell").instantiate({}))
+    lstm = codegen.make_spec(lstm_plan)
+    assert (codegen.stack_max(lstm), codegen.stack_max(darts)) == (4, 2)
+    assert "sq4 // (KC * BLOCK_H) == 3" in lstm.source and "sq4 // (KC * BLOCK_H)" not in darts.source
+    monkeypatch.setattr(codegen, "STACK_MAX", 2)
+    assert codegen.stack_max(lstm) == 2
+    assert "sq4 // (KC * BLOCK_H)" not in codegen.make_spec(lstm_plan).source

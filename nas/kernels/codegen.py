@@ -115,8 +115,8 @@ BWD = {
     "softplus": lambda o, a, g: [f"tl.where({a[0]} > 20.0, {g}, {g} * _sigmoid({a[0]}))"],
 }
 
-STACK_MAX = 2  # a source's linears in one stacked FMA product tile (4: the forward spills; see
-# stacked_products)
+STACK_MAX = 0  # a source's linears per stacked FMA product tile; 0: `stack_max`'s rule
+SMALL_CELL_PARTS = 8  # recurrent parts (linear x per-step source) of a cell whose runs may be 4 long
 # the split products stack on the FMA path only (strict fp32, and fp64 in the CPU tests): the
 # matrix units' K slices are tuned on 16-wide tiles
 FMA_STACK = 'PREC == "ieee" and XP.dtype.element_ty != tl.bfloat16 and XP.dtype.element_ty != tl.float16'
@@ -201,6 +201,20 @@ def _sync(bar, epoch, NPC: tl.constexpr):
             seen = tl.atomic_add(bar, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()
 '''
+
+
+def stack_max(spec: FusedSpec) -> int:
+    """How many of a source's linears one stacked product tile takes (`stacked_products`):
+    up to 4 in cells of at most SMALL_CELL_PARTS recurrent parts, 2 in larger ones, whose
+    forward spills with runs of 4 (sm_90 code compiled on the CPU: DARTS V2 160 B, random
+    darts_ptb / enas_ptb cells 136-280 B; none for the LSTM and random nasbench_nlp /
+    nasrl_ptb cells). H200, (64, 512, 512) fp32 forward (fused_probe.py --parts stack,
+    PROBE_STACK=7): the LSTM 6.2 ms with runs of 4 vs 8.5 with pairs, random nasrl_ptb cells
+    (8 parts) 11.2-11.4 vs 12.9-13.2, nasbench_nlp ones (5 parts) equal; DARTS V2 28.7 vs
+    25.2. STACK_MAX pins it."""
+    if STACK_MAX:
+        return STACK_MAX
+    return 4 if len(spec.parts) <= SMALL_CELL_PARTS else 2
 
 
 def make_spec(plan: CellPlan) -> FusedSpec:
@@ -418,13 +432,13 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         e(ind, f"{acc} = tl.dot(a{w}, w_, acc={acc}, input_precision=PREC, out_dtype=ACC)")
 
     def stack_groups(pparts) -> list[tuple[int, list[tuple[int, int]]]]:
-        """A pass's parts by source, in runs of up to STACK_MAX (powers of two): each run's
+        """A pass's parts by source, in runs of up to `stack_max` (powers of two): each run's
         weight blocks lie side by side in one product tile, (source, [(linear, row), ...])."""
-        groups = []
+        groups, smax = [], stack_max(spec)
         for w in sorted({w for _, w, _ in pparts}):
             mine = [(li, row) for li, w2, row in pparts if w2 == w]
             while mine:
-                g = 1 << (min(len(mine), STACK_MAX).bit_length() - 1)
+                g = 1 << (min(len(mine), smax).bit_length() - 1)
                 groups.append((w, mine[:g]))
                 mine = mine[g:]
         return groups
