@@ -176,7 +176,10 @@ def _fma_small_tiles(spec: FusedSpec, best: dict, B: int, H: int, sms: int, kern
     the backward of a multi-pass cell in K groups of 8 programs over 8 column blocks, 8 warps.
     Measured on the H200 (2026-12-02, fused_probe.py --parts stack): DARTS V2 (64, 512, 512)
     forward 25.2 vs 30.0 ms, forward+backward 66.0 vs 72.7 (68.6 with the stacked forward
-    alone); the LSTM (64, 512, 512) forward 6.1 vs 7.9 ms."""
+    alone); the LSTM (64, 512, 512) forward 6.2 vs 7.9 ms (with its four gates in one tile,
+    codegen.stack_max). Not taken: one pipeline stage (DARTS V2 forward 38-40 ms), the
+    forward in K groups over columns (31.6-49.2 ms; the LSTM 6.2-6.8, no better than runs of 4
+    alone)."""
     cdiv = triton.cdiv
     best = dict(best)
     if kernel == "fwd" and spec.stacks() and H >= 2 * 2 * MIN_BLOCK:
