@@ -4,8 +4,9 @@ whole time loop (see `nas.kernels.codegen`).
 
 Same parameters as `CellLayer` (state dicts load across backends). All x-only work runs
 over the whole sequence at once with ordinary torch ops, exactly as in the reference
-layer (so autograd reaches the input projections and biases); the kernel takes, per
-per-step linear, its x part plus bias, and the hoisted values the cell reads per step.
+layer (so autograd reaches the input projections); the kernel takes the x part of each
+per-step linear that has one, the hoisted values the cell reads per step, and the linears'
+biases (added in the kernel).
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ class FusedCellLayer(CellLayer):
                 houts[src] = self._group_matmul(src, hoisted[src])
         nodes = plan.graph.nodes
         slots: list[Tensor] = []
-        for lin in spec.linears:
-            acc = self.linear_bias(lin)
+        for li in spec.xlins:  # the x-only parts; the biases, states and chain sources go in the kernel
+            lin = spec.linears[li]
+            acc = None
             for k, src in enumerate(nodes[lin].inputs):
-                if plan.groups[src].hoisted:  # the x-only part; states and chain sources run in the kernel
+                if plan.groups[src].hoisted:
                     _, row = plan.slot[(lin, k)]
-                    acc = acc + houts[src][..., row * H:(row + 1) * H]
-            slots.append(acc.to(x.dtype).expand(T, B, H))
+                    part = houts[src][..., row * H:(row + 1) * H]
+                    acc = part if acc is None else acc + part
+            slots.append(acc.to(x.dtype))
         for nid in spec.ext:
             slots.append(hoisted[nid].to(x.dtype).expand(T, B, H))
         if not slots:  # the step reads neither x nor a linear (the states evolve on their own)
@@ -57,8 +60,10 @@ class FusedCellLayer(CellLayer):
             raise RuntimeError(f"backend 'triton': {why}")
         H, T = self.hidden_size, x.shape[0]
         xp = self._inputs(x)
+        bias = torch.stack([self.linear_bias(lin) for lin in self.spec.linears]) if self.spec.linears \
+            else x.new_zeros(1, H)
         h0 = torch.cat([s.to(x.dtype).expand(x.shape[1], H) for s in states], -1)
         weights = [self.weights[self._group_param[s]] for s in self.spec.wsrcs]
-        S = fused_sequence(self.spec, xp, h0, weights)
+        S = fused_sequence(self.spec, xp, bias, h0, weights)
         n = len(self.plan.states)
         return S[1:, :, :H], tuple(S[T, :, i * H:(i + 1) * H] for i in range(n))

@@ -24,8 +24,8 @@ columns, one block of each group (all of it with KC = 1); the whole time
 loop runs inside). A step runs in passes (`nas.kernels.fused_spec`: a linear that projects
 a per-step node, as in DARTS/ENAS, runs one pass after it):
   fwd: for t, for each pass k, per owned column block: the pass's linears' pre-activations
-       = (hoisted x part + bias, from XP) + sum over their per-step sources of
-       source @ W^T (a K-loop of tl.dot over every column of the source: the previous
+       = bias (BIAS) + hoisted x part (XP, where there is one) + sum over their per-step
+       sources of source @ W^T (a K-loop of tl.dot over every column of the source: the previous
        state in S, or a chain source written to V in an earlier pass); PRE is written, the
        elementwise graph of the pass runs in registers (values of earlier passes are
        recomputed from PRE, S and XP), chain sources go to V and next states to S[t+1];
@@ -245,9 +245,12 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     order, stage, P = spec.order, spec.stage, spec.passes
     per_step = set(order)
     NS, NL, NV, NG = len(states), len(spec.linears), len(spec.chain), len(spec.gv)
-    NX = NL + len(spec.ext)
+    NX = NL + len(spec.ext)  # DXP's slots: every linear's dpre, then the hoisted values'
+    NXP = len(spec.xlins) + len(spec.ext)  # XP's: the linears' hoisted parts, then the values
     lin_slot = {lin: i for i, lin in enumerate(spec.linears)}
-    ext_slot = {x: NL + i for i, x in enumerate(spec.ext)}
+    ext_slot = {x: NL + i for i, x in enumerate(spec.ext)}  # in DXP
+    xp_slot = {li: i for i, li in enumerate(spec.xlins)}  # in XP
+    xp_ext_slot = {x: len(spec.xlins) + i for i, x in enumerate(spec.ext)}
     v_slot = {c: i for i, c in enumerate(spec.chain)}
     gv_slot = {u: i for i, u in enumerate(spec.gv)}
     consts = [nid for nid in nodes if nodes[nid].op == "const"]
@@ -278,7 +281,8 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
     e(0, "")
     e(0, f"NS = {NS}  # states")
     e(0, f"NL = {NL}  # per-step linears")
-    e(0, f"NX = {NX}  # XP slots: linears, then hoisted values")
+    e(0, f"NX = {NX}  # DXP slots: linears, then hoisted values")
+    e(0, f"NXP = {NXP}  # XP slots: the linears' hoisted parts, then hoisted values")
     e(0, f"NV = {NV}  # chain sources (per-step values a linear projects)")
     e(0, f"PASSES = {P}")
     e(0, "")
@@ -307,6 +311,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         for g in (2, 4):  # a stacked run's columns (stacked_products)
             e(ind, f"sq{g} = tl.arange(0, {g} * KC * BLOCK_H)")
         e(ind, f"XW = {NX} * H")
+        e(ind, f"XPW = {NXP} * H")
         e(ind, f"SW = {NS} * H")
         e(ind, f"LW = {max(NL, 1)} * H")
         e(ind, f"VW = {max(NV, 1)} * H")
@@ -319,6 +324,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         tile) in the tensors the kernel's products read (`products`: (name, row width))."""
         e(ind, "tb = t * B + rb")
         e(ind, "xrow = (tb * XW)[:, None]")
+        e(ind, "xprow = (tb * XPW)[:, None]")
         e(ind, "lrow = (tb * LW)[:, None]")
         e(ind, "vrow = (tb * VW)[:, None]")
         e(ind, "prow = (tb * SW)[:, None]")
@@ -358,7 +364,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
                 e(ind, f"{var[s]} = tl.load(S + prow + {col(si)}, mask=m2, other=0.0).to(ACC)")
         for x in spec.ext:
             if x in need:
-                e(ind, f"{var[x]} = tl.load(XP + xrow + {col(ext_slot[x])}, mask=m2, other=0.0).to(ACC)")
+                e(ind, f"{var[x]} = tl.load(XP + xprow + {col(xp_ext_slot[x])}, mask=m2, other=0.0).to(ACC)")
         for c in consts:
             if c in need:
                 e(ind, f"{var[c]} = zero + {repr(float(nodes[c].value))}")
@@ -409,7 +415,7 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
                   "KC: tl.constexpr, "
                   "ACC: tl.constexpr, PREC: tl.constexpr")
     e(0, "@triton.jit")
-    e(0, f"def fwd(XP, S, PRE, V, SCR, BAR, {wt_args}{consts_sig}):")
+    e(0, f"def fwd(XP, S, PRE, V, SCR, BAR, BIAS, {wt_args}{consts_sig}):")
     prologue(1)
     e(1, "for t in range(T):")
     rows(2, (("pvrow", "VW"), ("pprow", "SW")))  # sources: V and S
@@ -528,7 +534,9 @@ def _generate(graph: CellGraph, spec: FusedSpec) -> str:  # noqa: C901 - one gen
         block_head(3)
         lins = spec.pass_linears(k)
         pparts = spec.pass_parts(k)
-        xpart = {li: f"tl.load(XP + xrow + {col(li)}, mask=m2, other=0.0).to(ACC)" for li in lins}
+        xpart = {li: f"zero + tl.load(BIAS + {li} * H + cj, mask=mj, other=0.0).to(ACC)[None, :]"
+                 + (f" + tl.load(XP + xprow + {col(xp_slot[li])}, mask=m2, other=0.0).to(ACC)" if li in xp_slot else "")
+                 for li in lins}
         if pparts:
             e(3, "if KP == 1:  # the products start from the x part and bias")
             for li in lins:

@@ -1,15 +1,18 @@
 """Launch and autograd glue for the generated fused sequential kernels (`nas.kernels.codegen`).
 
-`fused_sequence(spec, xp, h0, weights)` runs a cell's whole time loop:
-  xp      (T, B, NX*H)  per-step inputs computed outside the loop by the caller (one GEMM
-                        for x's projections): per per-step linear, its x part plus bias,
-                        then the hoisted values the elementwise graph reads;
+`fused_sequence(spec, xp, bias, h0, weights)` runs a cell's whole time loop:
+  xp      (T, B, NXP*H) per-step inputs computed outside the loop by the caller (one GEMM
+                        for x's projections): the x part of each per-step linear that has
+                        one (spec.xlins), then the hoisted values the elementwise graph reads;
+  bias    (NL, H)       every per-step linear's bias (added in the kernel: a linear without
+                        an x part needs no (T, B, H) slot, and the bias gradients are one
+                        column sum of the pre-activation gradients);
   h0      (B, NS*H)     initial states, concatenated;
   weights one (n_parts*H, H) matrix per per-step source that a linear projects (each
                         state, then each chain source; the CellLayer parameter of that
                         source's weight group).
 It returns S (T+1, B, NS*H): S[0] = h0 and S[t+1] the states after step t. Gradients reach
-xp (and through autograd the input GEMM and the biases), h0 and the weights; the weight
+xp (and through autograd the input GEMM), the biases, h0 and the weights; the weight
 gradients are one GEMM per weight group over all T*B rows after the reverse-time kernel
 (sources: S for states, V, the chain sources the forward kernel saved, for the rest).
 
@@ -241,12 +244,13 @@ def _prec(dtype: torch.dtype) -> str:
 
 class _FusedSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, spec: FusedSpec, xp: torch.Tensor, h0: torch.Tensor, *weights: torch.Tensor):
+    def forward(ctx, spec: FusedSpec, xp: torch.Tensor, bias: torch.Tensor, h0: torch.Tensor,
+                *weights: torch.Tensor):
         mod = load(spec)
         T, B, _ = xp.shape
         NS, NL, NV = len(spec.states), len(spec.linears), len(spec.chain)
         H = h0.shape[1] // NS
-        xp, h0 = xp.contiguous(), h0.contiguous()
+        xp, h0, bias = xp.contiguous(), h0.contiguous(), bias.contiguous()
         S = torch.empty(T + 1, B, NS * H, dtype=xp.dtype, device=xp.device)
         S[0] = h0
         acc_dtype = torch.float64 if xp.dtype == torch.float64 else torch.float32
@@ -257,8 +261,9 @@ class _FusedSequence(torch.autograd.Function):
         blocks = choose_blocks(spec, B, H, xp.device, xp.dtype)
         fallback = safe_blocks(B, H, xp.device) if xp.is_cuda else blocks
         scr = _scratch(blocks, B, pre.shape[2], acc_dtype, xp.device)
-        _run(mod.fwd, blocks, fallback, 5, xp, S, pre, V, scr, *wts, B, T, H, ACC=_acc(xp.dtype), PREC=_prec(xp.dtype))
-        ctx.spec = spec
+        _run(mod.fwd, blocks, fallback, 5, xp, S, pre, V, scr, bias, *wts, B, T, H, ACC=_acc(xp.dtype),
+             PREC=_prec(xp.dtype))
+        ctx.spec, ctx.bias_dtype = spec, bias.dtype
         ctx.save_for_backward(xp, S, pre, V, *weights)
         return S
 
@@ -267,12 +272,12 @@ class _FusedSequence(torch.autograd.Function):
         spec: FusedSpec = ctx.spec
         xp, S, pre, V, *weights = ctx.saved_tensors
         mod = load(spec)
-        T, B, XW = xp.shape
-        NS = len(spec.states)
+        T, B, _ = xp.shape
+        NS, NL = len(spec.states), len(spec.linears)
         H = S.shape[2] // NS
         acc_dtype = torch.float64 if xp.dtype == torch.float64 else torch.float32
         dS = dS.contiguous()
-        dxp = torch.empty_like(xp)
+        dxp = torch.empty(T, B, (NL + len(spec.ext)) * H, dtype=xp.dtype, device=xp.device)  # DXP: dpre, then ext
         gv = torch.empty(B, max(len(spec.gv), 1) * H, dtype=acc_dtype, device=xp.device)
         gs = torch.zeros(2, B, NS * H, dtype=acc_dtype, device=xp.device)  # gs[T % 2]: nothing after T
         ws = [w.contiguous() for w in weights]
@@ -282,7 +287,20 @@ class _FusedSequence(torch.autograd.Function):
         _run(mod.bwd, blocks, fallback, 9, xp, S, pre, V, dS, dxp, gv, gs, scr, *ws, B, T, H, ACC=_acc(xp.dtype),
              PREC=_prec(xp.dtype))
         dh0 = (dS[0].to(acc_dtype) + gs[0]).to(xp.dtype)
-        return (None, dxp, dh0, *_weight_grads(spec, dxp, S, V, H))
+        dbias = (dxp.view(T * B, -1)[:, :NL * H].sum(0, dtype=acc_dtype).view(NL, H).to(ctx.bias_dtype)
+                 if NL else None)  # (no linears: the caller passed a placeholder)
+        return (None, _xp_grad(spec, dxp, H), dbias, dh0, *_weight_grads(spec, dxp, S, V, H))
+
+
+def _xp_grad(spec: FusedSpec, dxp: torch.Tensor, H: int) -> torch.Tensor:
+    """XP's gradient from DXP (every linear's dpre, then the hoisted values'): DXP itself where
+    every linear has an x part (its layout is XP's), else its x-part linears' and the values'
+    columns."""
+    NL = len(spec.linears)
+    if spec.xlins == list(range(NL)):
+        return dxp
+    cols = [dxp[..., li * H:(li + 1) * H] for li in spec.xlins] + [dxp[..., NL * H:]]
+    return torch.cat(cols, -1)
 
 
 def _scratch(blocks: dict, B: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -329,7 +347,8 @@ def _weight_grads(spec: FusedSpec, dxp: torch.Tensor, S: torch.Tensor, V: torch.
     return dws
 
 
-def fused_sequence(spec: FusedSpec, xp: torch.Tensor, h0: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+def fused_sequence(spec: FusedSpec, xp: torch.Tensor, bias: torch.Tensor, h0: torch.Tensor,
+                   weights: list[torch.Tensor]) -> torch.Tensor:
     if not HAVE_TRITON:
         raise RuntimeError("the fused kernel needs triton")
-    return _FusedSequence.apply(spec, xp, h0, *weights)
+    return _FusedSequence.apply(spec, xp, bias, h0, *weights)

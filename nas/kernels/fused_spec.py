@@ -7,7 +7,10 @@ run in the pass of their latest input. States and hoisted (x-only) values are av
 every pass. DARTS V2 needs 5 passes per step (nodes at the same depth share a pass).
 
 Memory slots (each H columns wide, see `nas.kernels.fused` for the buffers):
-  XP  per-step linears (their hoisted part + bias), then the hoisted values the step reads;
+  XP  the hoisted (x-only) parts of the per-step linears that have one (`xlins`), then the
+      hoisted values the step reads; the linears' biases come apart (BIAS), so a linear that
+      projects only per-step values or states has no XP slot;
+  DXP every per-step linear's pre-activation gradient (dpre), then the hoisted values';
   PRE per-step linears' pre-activations (saved for the backward pass);
   V   per-step nodes that a linear projects ("chain sources"; saved for weight gradients);
   GV  gradient accumulators of per-step nodes consumed in a later pass;
@@ -48,8 +51,8 @@ class FusedSpec:
     order: list[str]  # live per-step nodes, topological
     stage: dict[str, int]  # per-step node -> pass
     passes: int
-    linears: list[str]  # per-step linears: XP slots 0..NL-1 and PRE slots
-    ext: list[str]  # hoisted values (or x) the step reads: XP slots NL..
+    linears: list[str]  # per-step linears: PRE and DXP slots 0..NL-1
+    ext: list[str]  # hoisted values (or x) the step reads: XP slots after xlins', DXP slots NL..
     chain: list[str]  # per-step nodes a linear projects: V slots
     wsrcs: list[str]  # per-step sources with a weight argument (states, then chain sources)
     wrows: dict[str, int]  # row blocks of each such source's weight group
@@ -61,6 +64,7 @@ class FusedSpec:
     source: str = ""
     key: str = ""
     extra: dict = field(default_factory=dict)
+    xlins: list[int] = field(default_factory=list)  # linears with a hoisted part: XP slots 0..
 
     def pass_linears(self, k: int) -> list[int]:
         return [i for i, lin in enumerate(self.linears) if self.stage[lin] == k]
@@ -144,6 +148,7 @@ def analyse(plan: CellPlan) -> FusedSpec:
             gv.append(nid)
     spec = FusedSpec(states, order, stage, passes, linears, ext, chain, wsrcs, wrows, parts, gv, {}, outputs,
                      graph.canonical_hash())
+    spec.xlins = [li for li, lin in enumerate(linears) if any(plan.groups[s].hoisted for s in nodes[lin].inputs)]
     spec.events = _events(spec, nodes, per_step)
     spec.extra["n_values"] = len(order) + len(ext) + len(states)
     return spec
