@@ -100,6 +100,23 @@ def test_twelve_trial_random_search_completes_through_ray(ray_address, tmp_path)
     assert ray.is_initialized()  # a Ray the dispatcher did not start is left running
 
 
+def test_a_started_message_after_its_result_does_not_reopen_the_trial(ray_address, tmp_path):
+    """A trial can end between the driver's read of the message channel and its sweep of
+    finished tasks, so its "started" message arrives after its result was recorded (seen in
+    CI under load: a failed trial back to 'running', its error cleared). Such a message is
+    dropped; a trial whose result came first is still recorded as started (host, attempt)."""
+    d = RayDispatcher(noop=True)
+    seen = []
+    d._deliver([("started", 10**6, 1, {"host": "h", "gpu": None})], seen.append)  # no such flight (any more)
+    assert seen == []
+    store = Store.open(tmp_path / "nas.db")
+    search = Search.create(store, QUICK, SearchOptions(trials=40, seed=3), name="instant")
+    search.run(dispatcher=d)  # noop trials end at once: the race's window, many times over
+    trials = assert_consistent(store, "instant", 40)
+    assert {t.status for t in trials} == {"completed"}
+    assert all(t.host and t.started_at and t.attempt == 1 for t in trials)
+
+
 def test_killed_worker_is_retried_then_failed_with_its_reason(ray_address, tmp_path):
     store = Store.open(tmp_path / "nas.db")
     search = Search.create(store, QUICK, SearchOptions(trials=4, seed=2, train_overrides={"steps": 120}), name="kill")

@@ -424,8 +424,12 @@ class RayDispatcher(Dispatcher):
             flight = self._flights.get(ref) if ref is not None else None
             if kind == "started":
                 info = msg[3]
-                if flight is not None:
-                    flight.attempt, flight.host, flight.gpu, flight.started = attempt, info["host"], info["gpu"], True
+                if flight is None:
+                    # the attempt's result was already handled (the sweep below can see a fast
+                    # trial end before its "started" message arrives) or it was cancelled:
+                    # starting it now would mark a finished trial running and clear its result
+                    continue
+                flight.attempt, flight.host, flight.gpu, flight.started = attempt, info["host"], info["gpu"], True
                 handle(Event("started", trial_id, host=info["host"], gpu=info["gpu"], attempt=attempt,
                              pid=info.get("pid"), node=info.get("node")))
             elif kind == "report":
@@ -497,6 +501,9 @@ class RayDispatcher(Dispatcher):
                     del self._by_trial[flight.spec.trial_id]
                 if result is None:  # cancelled
                     continue
+                if not flight.started and flight.host is not None:  # it ended before its "started" arrived
+                    handle(Event("started", flight.spec.trial_id, host=flight.host, gpu=flight.gpu,
+                                 attempt=flight.attempt))
                 handle(Event("finished", flight.spec.trial_id, result=result, host=flight.host, gpu=flight.gpu,
                              attempt=flight.attempt))
             if done or (deadline is not None and time.monotonic() >= deadline):
