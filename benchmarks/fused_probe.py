@@ -20,8 +20,9 @@ kc     K groups over columns (KC), DARTS V2 and the LSTM in fp32; kcbwd: the bac
 next   independent FMA chains: one phase-B accumulator per linear (`bwdacc`), K-loops
        alternating between two accumulator copies (`kint2`); PROBE_NEXT picks variants
 stack  stacked FMA products (codegen.stacked_products) for block choices and STACK_MAX;
-       PROBE_STACK=2|3|4|5 the later rounds (stages and the backward beside them, its K groups,
-       8 warps, one pipeline stage)
+       PROBE_STACK=2..7 the later rounds (stages and the backward beside them, its K groups,
+       8 warps, one pipeline stage, the forward in K groups over columns, runs of 4 in small
+       cells)
 timeline  clock64 stamps per pass phase inside the kernels (PROBE_TL_BLOCKS / _BWD / _STACK
        pin a config): where a pass's time goes
 xchg   the backward's K-group exchange: without its barrier, its loads, either, any barrier
@@ -503,14 +504,11 @@ def part_stack() -> None:
     rule's blocks), DARTS V2 and the LSTM in strict fp32. sm_90 code compiled on the CPU: the
     forward spills 160 B (KS 2, BK 16) to 960 B (KS 4, BK 32)."""
     rule_bwd = "16,16,32,4"
-    if os.environ.get("PROBE_STACK") == "5":  # round 5 (2026-12-02 20:10): one pipeline stage
-        _stack_round5()
-        return
-    if os.environ.get("PROBE_STACK") == "7":  # round 7 (20:45): runs of 4 in small cells
-        _stack_round7()
-        return
-    if os.environ.get("PROBE_STACK") == "6":  # round 6 (20:55): the stacked forward in K groups over columns
-        _stack_round6()
+    rounds = {"5": _stack_round5,  # 2026-12-02 20:05: one pipeline stage
+              "6": _stack_round6,  # 20:37: the stacked forward in K groups over columns
+              "7": _stack_round7}  # 20:48: runs of 4 in small cells
+    if os.environ.get("PROBE_STACK") in rounds:
+        rounds[os.environ["PROBE_STACK"]]()
         return
     if os.environ.get("PROBE_STACK") == "4":  # round 4 (18:20): runs of 4 with 8 warps
         variants = [Variant("rule")] + [Variant(f"fwd {b} stack {m}", blocks=b, bwd_blocks="16,16,16,8,0,1,8,8",
@@ -626,8 +624,9 @@ def _stack_round7() -> None:
         rng, sp, n = random.Random(11), space(name), 0
         for _ in range(60):
             g = sp.instantiate(sp.sample(rng))
-            if choose_backend(g, "auto") == "fused" and KCG.make_spec(make_plan(g)).stacks():
-                cells.append((f"{name}#{n} ({len(KCG.make_spec(make_plan(g)).parts)} parts)", g))
+            spec = KCG.make_spec(make_plan(g)) if choose_backend(g, "auto") == "fused" else None
+            if spec is not None and spec.stacks():
+                cells.append((f"{name}#{n} ({len(spec.parts)} parts)", g))
                 n += 1
                 if n == 2:
                     break
