@@ -239,6 +239,14 @@ def _timed(src: str) -> str:
     return "\n".join(out)
 
 
+def _no_group_barrier(src: str) -> str:
+    return src.replace("_sync(barq, eq, KP)", "tl.debug_barrier()")
+
+
+def _no_scratch_loads(src: str) -> str:
+    return re.sub(r"(\w+) \+= tl\.load\(SCR [^\n]*", r"\1 += zero", src)
+
+
 SOURCE_VARIANTS = {
     "base": lambda s: s,
     "nosync": lambda s: s.replace("if NPC > 1:", "if NPC > 1000000:"),  # wrong results: timing only
@@ -249,10 +257,9 @@ SOURCE_VARIANTS = {
     "kint1": lambda s: _k_interleaved(s, 1),
     "bwdacc+kint2": lambda s: _k_interleaved(_bwd_acc_per_linear(s)),
     # the K groups' exchange (wrong results, timing only): no group barrier; no loads of the parts
-    "nogroupbar": lambda s: s.replace("_sync(barq, eq, KP)", "tl.debug_barrier()"),
-    "noscrload": lambda s: re.sub(r"(\w+) \+= tl\.load\(SCR [^\n]*", r"\1 += zero", s),
-    "noxchg": lambda s: re.sub(r"(\w+) \+= tl\.load\(SCR [^\n]*", r"\1 += zero",
-                               s.replace("_sync(barq, eq, KP)", "tl.debug_barrier()")),
+    "nogroupbar": _no_group_barrier,
+    "noscrload": _no_scratch_loads,
+    "noxchg": lambda s: _no_scratch_loads(_no_group_barrier(s)),
 }
 
 

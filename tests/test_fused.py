@@ -412,12 +412,9 @@ def test_stacked_products_match_reference(cell: str, stack_max: int, monkeypatch
 def test_fp32_small_tiles_rule(monkeypatch) -> None:
     """Strict fp32 on 16x16 tiles: the forward takes two K slices of 16 where its products stack,
     the backward of a multi-pass cell K groups of 8 over columns; neither elsewhere."""
-    from nas.genotypes import darts_assignment
-
     rule = _gpu_rule(monkeypatch)
-    darts_space = load_space(SPACES / "darts_ptb.cell")
-    darts = codegen.make_spec(make_plan(darts_space.instantiate(darts_assignment(darts_space))))
-    lstm = codegen.make_spec(make_plan(load_space(SPACES / "lstm.cell").instantiate({})))
+    darts = codegen.make_spec(make_plan(_cell_graph("darts_v2")))
+    lstm = codegen.make_spec(make_plan(_cell_graph("lstm")))
     fwd = rule(darts, 64, 512, torch.float32)
     assert (fwd["KS"], fwd["BLOCK_K"], fwd["KP"], fwd["NK"]) == (2, 16, 1, 16), fwd
     bwd = fused.choose_blocks(darts, 64, 512, torch.device("cuda"), torch.float32, kernel="bwd")
@@ -432,11 +429,8 @@ def test_stack_runs_follow_the_cells_size(monkeypatch) -> None:
     """Runs of 4 of a source's linears per stacked product tile in small cells (the LSTM's four
     gates in one tile), pairs in large ones (DARTS V2's forward spills with fours); STACK_MAX pins
     it, and the generated source follows."""
-    from nas.genotypes import darts_assignment
-
-    darts_space = load_space(SPACES / "darts_ptb.cell")
-    darts = codegen.make_spec(make_plan(darts_space.instantiate(darts_assignment(darts_space))))
-    lstm_plan = make_plan(load_space(SPACES / "lstm.cell").instantiate({}))
+    darts = codegen.make_spec(make_plan(_cell_graph("darts_v2")))
+    lstm_plan = make_plan(_cell_graph("lstm"))
     lstm = codegen.make_spec(lstm_plan)
     assert (codegen.stack_max(lstm), codegen.stack_max(darts)) == (4, 2)
     assert "sq4 // (KC * BLOCK_H) == 3" in lstm.source and "sq4 // (KC * BLOCK_H)" not in darts.source

@@ -26,6 +26,7 @@ that order: the first event stores, later ones add, so nothing needs zeroing per
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,8 +75,8 @@ class FusedSpec:
 
     def stacks(self) -> bool:
         """Whether some pass has two parts from one source (the stacked products apply)."""
-        return any(len([1 for _, w2, _ in self.pass_parts(k) if w2 == w]) > 1
-                   for k in range(self.passes) for w in {w for _, w, _ in self.pass_parts(k)})
+        per_pass_source = Counter((self.stage[self.linears[li]], w) for li, w, _ in self.parts)
+        return any(n > 1 for n in per_pass_source.values())
 
     def max_linears_per_pass(self) -> int:
         return max((len(self.pass_linears(k)) for k in range(self.passes)), default=0)
