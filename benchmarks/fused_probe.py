@@ -2,7 +2,7 @@
 probe for one GPU call; the numbers feed benchmarks/fused_notes.md, not RESULTS.md).
 
     python benchmarks/fused_probe.py [--parts scan,darts,lstm,ncu,tune,fp32,kp,bwd,prof,kc,kcbwd,next,
-                                              stack,timeline,wgrad,xchg]
+                                              stack,timeline,wgrad,xchg,small]
 
 scan   the forward scan kernel (it prefetches the next tile) over (BLOCK_T, BLOCK_D, warps),
        against the device-to-device copy
@@ -24,10 +24,13 @@ stack  stacked FMA products (codegen.stacked_products) for block choices and STA
        8 warps, one pipeline stage, the forward in K groups over columns, runs of 4 in small
        cells)
 timeline  clock64 stamps per pass phase inside the kernels (PROBE_TL_BLOCKS / _BWD / _STACK
-       pin a config): where a pass's time goes
+       pin a config; PROBE_TL_CELL=nasbench_nlp#1@64x256x512 a random cell instead): where a
+       pass's time goes
 xchg   the backward's K-group exchange: without its barrier, its loads, either, any barrier
        (timing only)
 wgrad  the weight-gradient GEMMs in K chunks, and one bias column sum against 18
+small  small random cells (nasbench_nlp#0-2 at (64, 256, 512) fp32): a call's profile, the eager
+       loop over 5 calls, each kernel's block choices (PROBE_SMALL picks the cells)
 prof   DARTS V2 fp32 under torch.profiler (the kernels' shares), and a GEMM on a second
        stream beside the fused kernel (does it overlap?)
 ncu    Nsight Compute on one forward and one backward launch of DARTS V2 fp32 and of the
@@ -53,7 +56,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from common import NCU_STALL_METRICS, device_name, log, md_table, out_dir, stamp  # noqa: E402
-from fused import darts_v2, fwd_bwd, space, tf32  # noqa: E402
+from fused import check_cell, darts_v2, fwd_bwd, meaningful, random_cells, space, tf32  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import nas.kernels.codegen as KCG  # noqa: E402
@@ -690,6 +693,10 @@ def part_timeline() -> None:
     cases = [("darts_v2 fp32", darts_v2(), False, torch.float32), ("darts_v2 tf32", darts_v2(), True, torch.float32),
              ("lstm fp32", space("lstm").instantiate({}), False, torch.float32)]
     B, T, H = 64, 512, 512
+    if os.environ.get("PROBE_TL_CELL"):  # one random cell instead, e.g. nasbench_nlp#1@64x256x512
+        label, _, size = os.environ["PROBE_TL_CELL"].partition("@")
+        cases = [(f"{label} fp32", _random_cell(label), False, torch.float32)]
+        B, T, H = (int(v) for v in (size or "64x256x512").split("x"))
     rows = []
     for label, g, allow, dtype in cases:
         bufs = []
@@ -754,6 +761,91 @@ def part_timeline() -> None:
     emit("Inside the kernels: cycles per phase and pass (medians over programs and steps)",
          ["case", "kernel", "pass", "fwd: products / bwd: phase A", "fwd: elementwise+stores / bwd: barrier",
           "fwd: barrier wait / bwd: phase B", "bwd: to next pass", "of the step"], rows)
+
+
+def _random_cell(label: str):
+    """A random cell as benchmarks/scan.py draws them ('nasbench_nlp#1': the space's second)."""
+    name, _, i = label.partition("#")
+    if not i:
+        return space(name).instantiate({})  # a shipped cell ('lstm')
+    return dict(random_cells(name, max(3, int(i) + 1), seed=1, keep=meaningful))[label]
+
+
+def part_small() -> None:
+    """Small random cells at (64, 256, 512) fp32, the issue's >= 20x the eager loop (nasbench_nlp#1,
+    one linear in one pass, was at 18.3x: 3.82 ms, its eager loop 62.8-91.4 ms in single calls):
+    where a call's time goes (torch.profiler, and the GPU's busy share of the wall time), the
+    eager loop over several calls, and block choices for each kernel alone (the other at the
+    rule's), with the barriers off as a floor (timing only). PROBE_SMALL picks the cells."""
+    from torch.profiler import ProfilerActivity, profile
+    B, T, H = 64, 256, 512
+    # round 1 (2026-12-03 01:40): each kernel's blocks; PROBE_SMALL_BLOCKS replaces the list
+    # ('a;b;...'), PROBE_SMALL_PAIRS adds pinned pairs ('fwd|bwd;...')
+    fwd_list = ["16,16,16,4,0,2", "16,16,64,4", "16,16,32,2", "16,16,32,8", "16,16,32,4,2", "16,16,32,4,4",
+                "8,16,32,4", "8,32,32,4", "16,32,32,4", "32,16,32,4", "16,16,32,4,0,1,2,2", "16,16,16,4,0,1,4,4",
+                "16,16,32,4,0,1,4,4", "16,16,16,4,0,1,8,8", "8,16,32,4,0,1,2"]
+    if os.environ.get("PROBE_SMALL_BLOCKS") is not None:
+        fwd_list = [b for b in os.environ["PROBE_SMALL_BLOCKS"].split(";") if b]
+    pairs = [p.split("|") for p in os.environ.get("PROBE_SMALL_PAIRS", "").split(";") if p]
+    for label in os.environ.get("PROBE_SMALL", "nasbench_nlp#1,nasbench_nlp#0,nasbench_nlp#2").split(","):
+        g = _random_cell(label)
+        with tf32(False):
+            torch.manual_seed(0)
+            model = build_rnn(g, H, H, 1, backend="triton").cuda()
+            x = torch.randn(B, T, H, device="cuda", requires_grad=True)
+            fb = fwd_bwd(model, x)
+            for _ in range(3):
+                fb()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(5):
+                    fb()
+                end.record()
+                torch.cuda.synchronize()
+            wall = start.elapsed_time(end) / 5
+            busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / 5
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
+            (out_dir() / f"small_profile_{label.replace('#', '_')}.txt").write_text(
+                table + f"\nwall {wall:.3f} ms per call, GPU busy {busy:.3f} ms\n")
+            REPORT.append(f"## {label} ({B}, {T}, {H}) fp32 forward+backward, 5 calls: {wall:.3f} ms per call "
+                          f"(profiled), GPU busy {busy:.3f} ms\n\n```\n{table}\n```")
+            ref = build_rnn(g, H, H, 1, backend="reference").cuda()
+            efb = fwd_bwd(ref, x)
+            efb()
+            eager = []
+            for _ in range(5):
+                torch.cuda.synchronize()
+                start.record()
+                efb()
+                end.record()
+                torch.cuda.synchronize()
+                eager.append(start.elapsed_time(end))
+            triton_ms = do_bench(fb, warmup=10, rep=300, return_mode="median")
+            emit(f"{label}: the eager loop, 5 single calls, against triton", ["eager ms (calls)", "median", "triton ms",
+                                                                            "eager / triton"],
+                 [[" ".join(f"{v:.1f}" for v in eager), sorted(eager)[2], triton_ms, sorted(eager)[2] / triton_ms]])
+            model = ref = fb = efb = None
+        fwd_rule, bwd_rule = _rule_blocks(g, B, H, "fwd"), _rule_blocks(g, B, H, "bwd")
+        log(f"{label}: rule fwd {fwd_rule}, bwd {bwd_rule}")
+        variants = [Variant("rule"), Variant("nosync", source="nosync")]
+        variants += [Variant(f"fwd {b}", blocks=b, bwd_blocks=bwd_rule) for b in fwd_list]
+        variants += [Variant(f"bwd {b}", blocks=fwd_rule, bwd_blocks=b) for b in fwd_list]
+        variants += [Variant(f"fwd {f} + bwd {b}", blocks=f, bwd_blocks=b) for f, b in pairs]
+        if os.environ.get("PROBE_SMALL_CHECK"):  # the rule and each pair against the float64 reference, at this size
+            crow = []
+            for v in [Variant("rule")] + [Variant(f"fwd {f} + bwd {b}", blocks=f, bwd_blocks=b) for f, b in pairs]:
+                _patched(v)
+                for r in check_cell(label, g, B, T, H, torch.device("cuda"), dtypes=(torch.float32,)):
+                    crow.append([label, v.name, r.get("eager_out"), r.get("eager_grad"), r.get("out"), r.get("grad"),
+                                 r.get("status")])
+                _patched(Variant("reset"))
+            emit(f"{label} ({B}, {T}, {H}) fp32 against the float64 reference", [
+                "cell", "variant", "eager out", "eager grad", "triton out", "triton grad", "status"], crow)
+        rows = time_variants(f"{label} {B}x{T}x{H} fp32", g, B, T, H, torch.float32, False, variants)
+        emit(f"Small cells: {label}, each kernel's blocks", ["case", "variant", "blocks", "fwd ms", "fwd+bwd ms",
+                                                             "/ cuDNN", "vs first"], rows)
 
 
 def part_prof() -> None:
@@ -864,7 +956,7 @@ def main() -> None:
              "fp32": part_fp32, "kp": part_kp, "bwd": part_bwd,
              "prof": part_prof, "kc": part_kc,
              "kcbwd": part_kcbwd, "next": part_next, "timeline": part_timeline,
-             "stack": part_stack, "wgrad": part_wgrad, "xchg": part_xchg}[part]()
+             "stack": part_stack, "wgrad": part_wgrad, "xchg": part_xchg, "small": part_small}[part]()
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         (out_dir() / "probe.md").write_text(f"# Fused/scan probe — {device_name()}, {stamp()}\n\n" + "\n\n".join(REPORT))
