@@ -107,6 +107,22 @@ def bench(fn: Callable[[], Any], device, reps: int = 10, budget_s: float = 1.0,
     return {"ms": ms, "first_ms": first_ms, "calls": 1 + n}
 
 
+def median_of_calls(fn: Callable[[], Any], device, max_calls: int = 5, budget_s: float = 5.0,
+                    warmup: Callable[[], Any] | None = None) -> dict:
+    """Single timed calls after a warm-up, up to `max_calls` of them within `budget_s` (at
+    least one): their median. For host-bound eager loops, whose one call varies with the host
+    (the reference loop of one small cell took 62-115 ms in single calls on one machine)."""
+    (warmup or fn)()
+    sync(device)
+    calls = [time_calls(fn, device, 1)]
+    while len(calls) < max_calls and sum(calls) + calls[-1] <= budget_s * 1e3:
+        calls.append(time_calls(fn, device, 1))
+    ordered = sorted(calls)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"ms": median, "calls_ms": calls}
+
+
 def rel_err(a, b) -> float:
     """Relative L2 error of `a` against `b` in float64; NaN if `a` is not finite (NaN never passes)."""
     import torch

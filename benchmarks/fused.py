@@ -24,7 +24,7 @@ if __name__ == "__main__" and "--smoke" in sys.argv:  # before triton is importe
     os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from common import bench, error_text, rel_err  # noqa: E402
+from common import bench, error_text, median_of_calls, rel_err  # noqa: E402
 
 from nas.compile import build_rnn, choose_backend  # noqa: E402
 from nas.genotypes import darts_assignment  # noqa: E402
@@ -297,7 +297,8 @@ def compiled_reference(graph, I: int, H: int, device, how: str = "step"):
 def cell_speed(label: str, graph, B: int, T: int, H: int, device, *, eager: bool | str = True,
                compile_how: str | None = "step", compiled: bool | str = True, log=print) -> dict:
     """Forward+backward (fp32, no tf32) of one cell: backend triton, the reference eager loop
-    (one timed call after a short warm-up: it is slow) and torch.compile of the reference
+    (the median of up to 5 single calls within 5 s after a short warm-up: it is slow, and bound
+    by the host, so one call varies) and torch.compile of the reference
     (compile time excluded, reported as compile_s). `eager`/`compiled` may be a string: the
     reason that measurement is skipped."""
     row = {"cell": label, "hash": graph.short_hash, "size": f"{B}x{T}x{H}"}
@@ -316,8 +317,8 @@ def cell_speed(label: str, graph, B: int, T: int, H: int, device, *, eager: bool
         try:
             torch.manual_seed(0)
             ref = build_rnn(graph, H, H, 1, backend="reference").to(device)
-            r = bench(fwd_bwd(ref, x), device, reps=1, warmup=fwd_bwd(ref, x[:, :min(T, 4)]))
-            row["eager_ms"] = r["ms"]
+            r = median_of_calls(fwd_bwd(ref, x), device, warmup=fwd_bwd(ref, x[:, :min(T, 4)]))
+            row["eager_ms"], row["eager_calls_ms"] = r["ms"], r["calls_ms"]
             del ref
         except Exception as exc:  # noqa: BLE001
             row["eager_error"] = error_text(exc)

@@ -567,6 +567,32 @@ def _rule_blocks(graph, B: int, H: int, kernel: str) -> str:
         f",{b.get('num_stages', 0)},{b['KS']},{b['KP']},{b['KC']}"
 
 
+def _fma_small_tiles_2026_12_02(spec, best: dict, B: int, H: int, sms: int, kernel: str) -> dict:
+    """The rule's strict-fp32 small-tile step before 2026-12-03 (the forward's K slices where
+    products stack; the backward's column K groups for multi-pass cells only, 8 warps)."""
+    cdiv, m = triton.cdiv, KF.MIN_BLOCK
+    best = dict(best)
+    if kernel == "fwd" and spec.stacks() and H >= 4 * m:
+        best.update(KS=2, BLOCK_K=m, NK=cdiv(H, 2 * m))
+        best.pop("num_stages", None)
+    elif kernel == "bwd" and spec.passes > 1 and H >= 32 * m and cdiv(B, m) * 8 <= sms:
+        nb, nj = cdiv(B, m), cdiv(H, 8 * m)
+        npc = min(nj, max(1, sms // (nb * 8)))
+        best = dict(BLOCK_B=m, BLOCK_H=m, BLOCK_K=m, JPP=cdiv(nj, npc), NK=cdiv(H, 8 * m), NPC=npc, KS=1, KP=8,
+                    KC=8, NB=nb, num_warps=8)
+    return best
+
+
+def _rule_blocks_before(graph, B: int, H: int, kernel: str) -> str:
+    """_rule_blocks under the rule of 2026-12-02 (to time the rule's change against it)."""
+    current = KF._fma_small_tiles
+    KF._fma_small_tiles = _fma_small_tiles_2026_12_02
+    try:
+        return _rule_blocks(graph, B, H, kernel)
+    finally:
+        KF._fma_small_tiles = current
+
+
 def _stack_round5() -> None:
     """One pipeline stage: sm_90 code compiled on the CPU shows the forward's runs of 4 without
     spills at one stage (238 registers; 160 B of spills at the default), and the backward's
@@ -771,13 +797,58 @@ def _random_cell(label: str):
     return dict(random_cells(name, max(3, int(i) + 1), seed=1, keep=meaningful))[label]
 
 
+def _small_profile(label: str, g, B: int, T: int, H: int) -> None:
+    """One small cell's call profiled (torch.profiler; the GPU's busy share of the wall time)
+    and the eager loop's 5 single calls against triton's median."""
+    from torch.profiler import ProfilerActivity, profile
+    with tf32(False):
+        torch.manual_seed(0)
+        model = build_rnn(g, H, H, 1, backend="triton").cuda()
+        x = torch.randn(B, T, H, device="cuda", requires_grad=True)
+        fb = fwd_bwd(model, x)
+        for _ in range(3):
+            fb()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(5):
+                fb()
+            end.record()
+            torch.cuda.synchronize()
+        wall = start.elapsed_time(end) / 5
+        busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / 5
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
+        (out_dir() / f"small_profile_{label.replace('#', '_')}.txt").write_text(
+            table + f"\nwall {wall:.3f} ms per call, GPU busy {busy:.3f} ms\n")
+        REPORT.append(f"## {label} ({B}, {T}, {H}) fp32 forward+backward, 5 calls: {wall:.3f} ms per call "
+                      f"(profiled), GPU busy {busy:.3f} ms\n\n```\n{table}\n```")
+        ref = build_rnn(g, H, H, 1, backend="reference").cuda()
+        efb = fwd_bwd(ref, x)
+        efb()
+        eager = []
+        for _ in range(5):
+            torch.cuda.synchronize()
+            start.record()
+            efb()
+            end.record()
+            torch.cuda.synchronize()
+            eager.append(start.elapsed_time(end))
+        triton_ms = do_bench(fb, warmup=10, rep=300, return_mode="median")
+        emit(f"{label}: the eager loop, 5 single calls, against triton", ["eager ms (calls)", "median", "triton ms",
+                                                                        "eager / triton"],
+             [[" ".join(f"{v:.1f}" for v in eager), sorted(eager)[2], triton_ms, sorted(eager)[2] / triton_ms]])
+        model = ref = fb = efb = None
+
+
 def part_small() -> None:
     """Small random cells at (64, 256, 512) fp32, the issue's >= 20x the eager loop (nasbench_nlp#1,
     one linear in one pass, was at 18.3x: 3.82 ms, its eager loop 62.8-91.4 ms in single calls):
     where a call's time goes (torch.profiler, and the GPU's busy share of the wall time), the
     eager loop over several calls, and block choices for each kernel alone (the other at the
-    rule's), with the barriers off as a floor (timing only). PROBE_SMALL picks the cells."""
-    from torch.profiler import ProfilerActivity, profile
+    rule's), with the barriers off as a floor (timing only). PROBE_SMALL picks the cells; each
+    is also timed under the rule of 2026-12-02 ('before'). PROBE_SMALL_PROFILE=0 skips the
+    profile, the eager loop and the floor."""
     B, T, H = 64, 256, 512
     # round 1 (2026-12-03 01:40): each kernel's blocks; PROBE_SMALL_BLOCKS replaces the list
     # ('a;b;...'), PROBE_SMALL_PAIRS adds pinned pairs ('fwd|bwd;...')
@@ -789,47 +860,14 @@ def part_small() -> None:
     pairs = [p.split("|") for p in os.environ.get("PROBE_SMALL_PAIRS", "").split(";") if p]
     for label in os.environ.get("PROBE_SMALL", "nasbench_nlp#1,nasbench_nlp#0,nasbench_nlp#2").split(","):
         g = _random_cell(label)
-        with tf32(False):
-            torch.manual_seed(0)
-            model = build_rnn(g, H, H, 1, backend="triton").cuda()
-            x = torch.randn(B, T, H, device="cuda", requires_grad=True)
-            fb = fwd_bwd(model, x)
-            for _ in range(3):
-                fb()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(5):
-                    fb()
-                end.record()
-                torch.cuda.synchronize()
-            wall = start.elapsed_time(end) / 5
-            busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / 5
-            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
-            (out_dir() / f"small_profile_{label.replace('#', '_')}.txt").write_text(
-                table + f"\nwall {wall:.3f} ms per call, GPU busy {busy:.3f} ms\n")
-            REPORT.append(f"## {label} ({B}, {T}, {H}) fp32 forward+backward, 5 calls: {wall:.3f} ms per call "
-                          f"(profiled), GPU busy {busy:.3f} ms\n\n```\n{table}\n```")
-            ref = build_rnn(g, H, H, 1, backend="reference").cuda()
-            efb = fwd_bwd(ref, x)
-            efb()
-            eager = []
-            for _ in range(5):
-                torch.cuda.synchronize()
-                start.record()
-                efb()
-                end.record()
-                torch.cuda.synchronize()
-                eager.append(start.elapsed_time(end))
-            triton_ms = do_bench(fb, warmup=10, rep=300, return_mode="median")
-            emit(f"{label}: the eager loop, 5 single calls, against triton", ["eager ms (calls)", "median", "triton ms",
-                                                                            "eager / triton"],
-                 [[" ".join(f"{v:.1f}" for v in eager), sorted(eager)[2], triton_ms, sorted(eager)[2] / triton_ms]])
-            model = ref = fb = efb = None
+        profiled = os.environ.get("PROBE_SMALL_PROFILE", "1") != "0"  # round 2 (=0): the rules only
+        if profiled:
+            _small_profile(label, g, B, T, H)
         fwd_rule, bwd_rule = _rule_blocks(g, B, H, "fwd"), _rule_blocks(g, B, H, "bwd")
         log(f"{label}: rule fwd {fwd_rule}, bwd {bwd_rule}")
-        variants = [Variant("rule"), Variant("nosync", source="nosync")]
+        before = Variant("before", blocks=_rule_blocks_before(g, B, H, "fwd"),
+                         bwd_blocks=_rule_blocks_before(g, B, H, "bwd"))
+        variants = [Variant("rule"), before] + ([Variant("nosync", source="nosync")] if profiled else [])
         variants += [Variant(f"fwd {b}", blocks=b, bwd_blocks=bwd_rule) for b in fwd_list]
         variants += [Variant(f"bwd {b}", blocks=fwd_rule, bwd_blocks=b) for b in fwd_list]
         variants += [Variant(f"fwd {f} + bwd {b}", blocks=f, bwd_blocks=b) for f, b in pairs]

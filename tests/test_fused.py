@@ -4,6 +4,7 @@ every gradient, on the CPU under TRITON_INTERPRET=1 at tiny sizes, in float64.""
 from __future__ import annotations
 
 import inspect
+import itertools
 import random
 from pathlib import Path
 
@@ -222,15 +223,16 @@ def test_block_rule_covers_every_column_and_row_within_the_chip(name: str, monke
     rule = _gpu_rule(monkeypatch)
     space = load_space(SPACES / f"{name}.cell")
     spec = codegen.make_spec(make_plan(space.instantiate(space.sample(random.Random(3)))))
-    for dtype in (torch.float32, torch.bfloat16):
+    assert spec.passes == 1 if name == "lstm" else spec.passes > 2
+    for dtype, kernel in itertools.product((torch.float32, torch.bfloat16), ("fwd", "bwd")):
         for B in (1, 5, 16, 64, 256, 3000):
             for H in (16, 100, 256, 512, 1024):
-                b = rule(spec, B, H, dtype)
+                b = fused.choose_blocks(spec, B, H, torch.device("cuda"), dtype, kernel=kernel)
                 assert b["KP"] * b["KS"] * b["NK"] * b["BLOCK_K"] >= H
-                assert b["JPP"] * b["NPC"] * b["BLOCK_H"] >= H
-                assert b["NB"] * b["KP"] * b["BLOCK_B"] >= B and b["KP"] * b["BLOCK_B"] >= 16, b
+                assert b["JPP"] * b["NPC"] * b["KC"] * b["BLOCK_H"] >= H
+                assert b["NB"] * b["KP"] // b["KC"] * b["BLOCK_B"] >= B and b["KP"] * b["BLOCK_B"] >= 16, b
                 assert (b["NPC"] == 1 and b["KP"] == 1) or b["NB"] * b["NPC"] * b["KP"] <= 132, b
-                assert b["KP"] == 1 or (dtype == torch.float32 and spec.passes == 1), b
+                assert b["KP"] == 1 or (dtype == torch.float32 and (spec.passes == 1 or b["KC"] == 8)), b
     lstm = codegen.make_spec(make_plan(load_space(SPACES / "lstm.cell").instantiate({})))
     few_tiles = rule(lstm, 16, 256, torch.float32)  # one batch tile: K groups of 4 give 4x the programs
     assert (few_tiles["KP"], few_tiles["BLOCK_B"], few_tiles["NPC"]) == (4, 4, 16), few_tiles
@@ -410,19 +412,34 @@ def test_stacked_products_match_reference(cell: str, stack_max: int, monkeypatch
 
 
 def test_fp32_small_tiles_rule(monkeypatch) -> None:
-    """Strict fp32 on 16x16 tiles: the forward takes two K slices of 16 where its products stack,
-    the backward of a multi-pass cell K groups of 8 over columns; neither elsewhere."""
+    """Strict fp32 on 16x16 tiles: the backward in K groups of 8 over columns (8 warps from three
+    passes up, else 4); the forward the same in cells of one or two passes without stacked
+    products, else two K slices of 16 where its products stack; neither on the matrix units nor
+    where the groups would not all be resident."""
     rule = _gpu_rule(monkeypatch)
+
+    def bwd_rule(spec, B, H):
+        return fused.choose_blocks(spec, B, H, torch.device("cuda"), torch.float32, kernel="bwd")
+
     darts = codegen.make_spec(make_plan(_cell_graph("darts_v2")))
     lstm = codegen.make_spec(make_plan(_cell_graph("lstm")))
+    plain = codegen.make_spec(make_plan(_cell_graph("nasbench_nlp", keep=lambda g: (
+        lambda s: s.passes <= 2 and not s.stacks())(codegen.make_spec(make_plan(g))))))
     fwd = rule(darts, 64, 512, torch.float32)
     assert (fwd["KS"], fwd["BLOCK_K"], fwd["KP"], fwd["NK"]) == (2, 16, 1, 16), fwd
-    bwd = fused.choose_blocks(darts, 64, 512, torch.device("cuda"), torch.float32, kernel="bwd")
-    assert (bwd["KP"], bwd["KC"], bwd["num_warps"], bwd["NB"] * bwd["NPC"] * bwd["KP"]) == (8, 8, 8, 128), bwd
-    assert fused.choose_blocks(lstm, 64, 512, torch.device("cuda"), torch.float32, kernel="bwd")["KP"] == 1
-    assert rule(lstm, 64, 512, torch.float32)["KS"] == 2
-    assert rule(lstm, 16, 256, torch.float32)["KS"] == 1  # K groups there (KP 4)
+    groups = ("KP", "KC", "BLOCK_B", "BLOCK_H", "BLOCK_K", "NK", "num_warps")
+    for spec, warps in ((darts, 8), (lstm, 4), (plain, 4)):
+        bwd = bwd_rule(spec, 64, 512)
+        assert tuple(bwd[k] for k in groups) == (8, 8, 16, 16, 16, 4, warps), bwd
+        assert bwd["NB"] * bwd["NPC"] * bwd["KP"] == 128 and bwd["NPC"] * bwd["JPP"] * 8 * 16 >= 512, bwd
+    assert tuple(rule(plain, 64, 512, torch.float32)[k] for k in groups) == (8, 8, 16, 16, 16, 4, 4)
+    assert rule(plain, 64, 1024, torch.float32)["JPP"] * rule(plain, 64, 1024, torch.float32)["NPC"] * 128 >= 1024
+    assert rule(lstm, 64, 512, torch.float32)["KS"] == 2 and rule(lstm, 64, 512, torch.float32)["KP"] == 1
+    assert rule(lstm, 16, 256, torch.float32)["KS"] == 1  # K groups there (KP 4 over 4-row tiles, KC 1)
+    assert bwd_rule(plain, 64, 256)["KC"] == 1  # H < 512: too few columns for 8 groups of 16 x 128
+    assert bwd_rule(plain, 160, 512)["KC"] == 1  # 10 batch tiles x 8 groups: more than 132 programs
     assert rule(darts, 64, 512, torch.bfloat16)["BLOCK_K"] == 32  # the matrix units keep their rule
+    assert rule(plain, 64, 512, torch.bfloat16)["KP"] == 1
 
 
 def test_stack_runs_follow_the_cells_size(monkeypatch) -> None:

@@ -125,9 +125,10 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
     LSTM (16, 512, 256) fp32 5.4 ms with KP 4 over 4-row tiles vs 8.7 with one program per K;
     at equal program counts they do not pay (LSTM (64, 512, 512) 20.6 ms either way, DARTS
     V2's five passes 110 vs 73.7 ms), and on the matrix units they were slower (DARTS V2 tf32
-    64.3 vs 51.9 ms). A group's tile over columns (KC > 1, wider FMA products) is opt-in only
-    (NAS_FUSED_BLOCKS): DARTS V2 87-157 ms, LSTM (64, 512, 512) fp32 18.3 vs 20.5 ms, (16, 512,
-    256) 8.4 vs 5.4 (H200, 2026-12-02, fused_probe.py --parts kc, kcbwd).
+    64.3 vs 51.9 ms). A group's tile over columns (KC > 1, wider FMA products) is in the rule
+    only as `_fma_small_tiles` takes it (KP = KC = 8 over 16x16 blocks, H >= 512; elsewhere
+    through NAS_FUSED_BLOCKS): at other shapes DARTS V2 87-157 ms, the LSTM (16, 512, 256) 8.4
+    vs 5.4 (H200, 2026-12-02, fused_probe.py --parts kc, kcbwd).
     """
     cdiv = triton.cdiv
     if device is None or device.type != "cuda" or interpreting():
@@ -174,26 +175,41 @@ def choose_blocks(spec: FusedSpec, B: int, H: int, device: torch.device | None =
 
 
 def _fma_small_tiles(spec: FusedSpec, best: dict, B: int, H: int, sms: int, kernel: str) -> dict:
-    """Strict fp32 on 16x16 tiles: the forward's K in two slices of 16-wide K tiles, where its
-    passes' products stack (codegen.stacked_products: pairs of a source's linears in one tile);
-    the backward of a multi-pass cell in K groups of 8 programs over 8 column blocks, 8 warps.
-    Measured on the H200 (2026-12-02, fused_probe.py --parts stack): DARTS V2 (64, 512, 512)
-    forward 25.2 vs 30.0 ms, forward+backward 66.0 vs 72.7 (68.6 with the stacked forward
-    alone); the LSTM (64, 512, 512) forward 6.2 vs 7.9 ms (with its four gates in one tile,
-    codegen.stack_max). Not taken: one pipeline stage (DARTS V2 forward 38-40 ms), the
-    forward in K groups over columns (31.6-49.2 ms; the LSTM 6.2-6.8, no better than runs of 4
-    alone)."""
+    """Strict fp32 on 16x16 tiles. The backward in K groups of 8 programs over 8 column blocks
+    (8 warps from three passes up, else 4); the forward of a cell of one or two passes without
+    stacked products the same way with 4 warps; other forwards in two slices of 16-wide K tiles
+    where their passes' products stack (codegen.stacked_products: pairs of a source's linears in
+    one tile). Measured on the H200 (2026-12-02, fused_probe.py --parts stack): DARTS V2 (64,
+    512, 512) forward 25.2 vs 30.0 ms, forward+backward 66.0 vs 72.7 (68.6 with the stacked
+    forward alone); the LSTM (64, 512, 512) forward 6.2 vs 7.9 ms (with its four gates in one
+    tile, codegen.stack_max). Small cells at (64, 256, 512) (2026-12-03, --parts small;
+    benchmarks/fused_notes.md): the backward's K groups with 4 warps LSTM 8.5 vs 9.6 ms
+    forward+backward, nasbench_nlp#1 (one pass) 3.6 vs 3.7, nasbench_nlp#0 (two) 6.2 vs 6.4
+    with 8 warps, and 8 warps from three passes up (nasbench_nlp#3-5 4-7% faster than 4); the
+    forward's K groups nasbench_nlp#0 2.6 vs 2.8, #1 1.5 vs 1.6 ms, but slower in the LSTM (4.2
+    vs 3.4), in a one-pass cell with stacked products (+7%) and from three passes up (DARTS V2
+    31.6-49.2 vs 25.2). Not taken: one pipeline stage (DARTS V2 forward 38-40 ms)."""
     cdiv = triton.cdiv
+    groups_fit = H >= 32 * MIN_BLOCK and cdiv(B, MIN_BLOCK) * 8 <= sms
+    if kernel == "bwd" and groups_fit:
+        return _column_k_groups(B, H, sms, warps=8 if spec.passes > 2 else 4)
+    if kernel == "fwd" and groups_fit and spec.passes <= 2 and not spec.stacks():
+        return _column_k_groups(B, H, sms, warps=4)
     best = dict(best)
     if kernel == "fwd" and spec.stacks() and H >= 2 * 2 * MIN_BLOCK:
         best.update(KS=2, BLOCK_K=MIN_BLOCK, NK=cdiv(H, 2 * MIN_BLOCK))
         best.pop("num_stages", None)
-    elif kernel == "bwd" and spec.passes > 1 and H >= 32 * MIN_BLOCK and cdiv(B, MIN_BLOCK) * 8 <= sms:
-        nb, nj = cdiv(B, MIN_BLOCK), cdiv(H, 8 * MIN_BLOCK)
-        npc = min(nj, max(1, sms // (nb * 8)))
-        best = dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=MIN_BLOCK, JPP=cdiv(nj, npc),
-                    NK=cdiv(H, 8 * MIN_BLOCK), NPC=npc, KS=1, KP=8, KC=8, NB=nb, num_warps=8)
     return best
+
+
+def _column_k_groups(B: int, H: int, sms: int, warps: int) -> dict:
+    """K groups of 8 programs side by side over 8 column blocks of 16 (KP = KC = 8): each sums an
+    eighth of K over a 16 x 128 tile, so a batch of few 16-row tiles still fills the chip."""
+    cdiv = triton.cdiv
+    nb, nj = cdiv(B, MIN_BLOCK), cdiv(H, 8 * MIN_BLOCK)
+    npc = min(nj, max(1, sms // (nb * 8)))
+    return dict(BLOCK_B=MIN_BLOCK, BLOCK_H=MIN_BLOCK, BLOCK_K=MIN_BLOCK, JPP=cdiv(nj, npc),
+                NK=cdiv(H, 8 * MIN_BLOCK), NPC=npc, KS=1, KP=8, KC=8, NB=nb, num_warps=warps)
 
 
 def _warps(bb: int, bh: int, mma: bool) -> int:
