@@ -95,6 +95,10 @@ CONFIGS = {
 }
 
 
+def _fmt_call(ms: float) -> str:
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
 def _note(row: dict, keys=("triton_error", "eager_error", "compiled_error", "cudnn_error", "error")) -> str:
     return "; ".join(f"{k.split('_')[0]}: {row[k]}" for k in keys if row.get(k))
 
@@ -696,7 +700,7 @@ def report(res: dict, args, mode: str, compile_how: str | None) -> str:
               md_table(["cell", "hash", "BxTxH", "kind", "triton ms", "eager ms", "eager calls", "eager / triton",
                         "compiled ms", "compiled / triton", "compile s", "note"],
                        [[r.get("cell"), r.get("hash"), r.get("size"), r.get("kind"), _fmt_ms(r.get("triton_ms")),
-                         _fmt_ms(r.get("eager_ms")), " ".join(f"{v:.3g}" for v in r.get("eager_calls_ms", [])) or "-",
+                         _fmt_ms(r.get("eager_ms")), " ".join(map(_fmt_call, r.get("eager_calls_ms", []))) or "-",
                          r.get("eager_over_triton"), _fmt_ms(r.get("compiled_ms")),
                          r.get("compiled_over_triton"), r.get("compile_s"), _note(r)] for r in rows]), ""]
         d = next((r for r in res.get("darts", []) if r.get("cell") == "darts_v2"), {})
