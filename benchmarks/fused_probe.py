@@ -576,10 +576,7 @@ def _fma_small_tiles_2026_12_02(spec, best: dict, B: int, H: int, sms: int, kern
         best.update(KS=2, BLOCK_K=m, NK=cdiv(H, 2 * m))
         best.pop("num_stages", None)
     elif kernel == "bwd" and spec.passes > 1 and H >= 32 * m and cdiv(B, m) * 8 <= sms:
-        nb, nj = cdiv(B, m), cdiv(H, 8 * m)
-        npc = min(nj, max(1, sms // (nb * 8)))
-        best = dict(BLOCK_B=m, BLOCK_H=m, BLOCK_K=m, JPP=cdiv(nj, npc), NK=cdiv(H, 8 * m), NPC=npc, KS=1, KP=8,
-                    KC=8, NB=nb, num_warps=8)
+        best = KF._column_k_groups(B, H, sms, warps=8)
     return best
 
 
@@ -797,18 +794,24 @@ def _random_cell(label: str):
     return dict(random_cells(name, max(3, int(i) + 1), seed=1, keep=meaningful))[label]
 
 
+def _warm_fp32(g, B: int, T: int, H: int):
+    """A triton layer of the cell, its input and its forward+backward, run 3 times (compiled)."""
+    torch.manual_seed(0)
+    model = build_rnn(g, H, H, 1, backend="triton").cuda()
+    x = torch.randn(B, T, H, device="cuda", requires_grad=True)
+    fb = fwd_bwd(model, x)
+    for _ in range(3):
+        fb()
+    torch.cuda.synchronize()
+    return model, x, fb
+
+
 def _small_profile(label: str, g, B: int, T: int, H: int) -> None:
     """One small cell's call profiled (torch.profiler; the GPU's busy share of the wall time)
     and the eager loop's 5 single calls against triton's median."""
     from torch.profiler import ProfilerActivity, profile
     with tf32(False):
-        torch.manual_seed(0)
-        model = build_rnn(g, H, H, 1, backend="triton").cuda()
-        x = torch.randn(B, T, H, device="cuda", requires_grad=True)
-        fb = fwd_bwd(model, x)
-        for _ in range(3):
-            fb()
-        torch.cuda.synchronize()
+        _, x, fb = _warm_fp32(g, B, T, H)
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -838,7 +841,6 @@ def _small_profile(label: str, g, B: int, T: int, H: int) -> None:
         emit(f"{label}: the eager loop, 5 single calls, against triton", ["eager ms (calls)", "median", "triton ms",
                                                                         "eager / triton"],
              [[" ".join(f"{v:.1f}" for v in eager), sorted(eager)[2], triton_ms, sorted(eager)[2] / triton_ms]])
-        model = ref = fb = efb = None
 
 
 def part_small() -> None:
@@ -894,13 +896,7 @@ def part_prof() -> None:
     from torch.profiler import ProfilerActivity, profile
     g, (B, T, H) = darts_v2(), (64, 512, 512)
     with tf32(False):
-        torch.manual_seed(0)
-        model = build_rnn(g, H, H, 1, backend="triton").cuda()
-        x = torch.randn(B, T, H, device="cuda", requires_grad=True)
-        fb = fwd_bwd(model, x)
-        for _ in range(3):
-            fb()
-        torch.cuda.synchronize()
+        model, x, fb = _warm_fp32(g, B, T, H)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
                 fb()

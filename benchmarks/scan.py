@@ -30,8 +30,9 @@ $OUT/scan.md and every number to $OUT/scan.json.
 
 Timing: CUDA events around back-to-back calls after a warm-up call (which compiles);
 forward+backward (`out.sum().backward()`). The reference eager loops are slow and bound by
-the host: the median of up to 5 single calls within 5 s, after a short warm-up. torch.compile: by default of the reference layer's per-step
-cell function (`--compile step`; `--compile whole` compiles the whole module, unrolling the
+the host: the median of up to 5 single calls within 5 s, after a short warm-up.
+torch.compile: by default of the reference layer's per-step cell function (`--compile
+step`; `--compile whole` compiles the whole module, unrolling the
 time loop: minutes for DARTS at T=512); compile time is excluded from the timing and
 reported. Optional measurements (eager and torch.compile of the random cells) are skipped
 once the run is past --deadline-s seconds, so the run stays near 8 minutes.
