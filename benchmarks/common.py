@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 import time as _time
 from pathlib import Path
 from typing import Any, Callable
@@ -117,10 +118,7 @@ def median_of_calls(fn: Callable[[], Any], device, max_calls: int = 5, budget_s:
     calls = [time_calls(fn, device, 1)]
     while len(calls) < max_calls and sum(calls) + calls[-1] <= budget_s * 1e3:
         calls.append(time_calls(fn, device, 1))
-    ordered = sorted(calls)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return {"ms": median, "calls_ms": calls}
+    return {"ms": statistics.median(calls), "calls_ms": calls}
 
 
 def rel_err(a, b) -> float:

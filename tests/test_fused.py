@@ -213,7 +213,8 @@ def _gpu_rule(monkeypatch, sms: int = 132):
     monkeypatch.setattr(fused, "interpreting", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
     monkeypatch.delenv("NAS_FUSED_BLOCKS", raising=False)
-    return lambda spec, B, H, dtype: fused.choose_blocks(spec, B, H, torch.device("cuda"), dtype)
+    return lambda spec, B, H, dtype, kernel="fwd": fused.choose_blocks(spec, B, H, torch.device("cuda"), dtype,
+                                                                       kernel=kernel)
 
 
 @pytest.mark.parametrize("name", ["lstm", "darts_ptb"])
@@ -227,7 +228,7 @@ def test_block_rule_covers_every_column_and_row_within_the_chip(name: str, monke
     for dtype, kernel in itertools.product((torch.float32, torch.bfloat16), ("fwd", "bwd")):
         for B in (1, 5, 16, 64, 256, 3000):
             for H in (16, 100, 256, 512, 1024):
-                b = fused.choose_blocks(spec, B, H, torch.device("cuda"), dtype, kernel=kernel)
+                b = rule(spec, B, H, dtype, kernel)
                 assert b["KP"] * b["KS"] * b["NK"] * b["BLOCK_K"] >= H
                 assert b["JPP"] * b["NPC"] * b["KC"] * b["BLOCK_H"] >= H
                 assert b["NB"] * b["KP"] // b["KC"] * b["BLOCK_B"] >= B and b["KP"] * b["BLOCK_B"] >= 16, b
@@ -419,12 +420,15 @@ def test_fp32_small_tiles_rule(monkeypatch) -> None:
     rule = _gpu_rule(monkeypatch)
 
     def bwd_rule(spec, B, H):
-        return fused.choose_blocks(spec, B, H, torch.device("cuda"), torch.float32, kernel="bwd")
+        return rule(spec, B, H, torch.float32, "bwd")
+
+    def unstacked_within_two_passes(graph) -> bool:
+        spec = codegen.make_spec(make_plan(graph))
+        return spec.passes <= 2 and not spec.stacks()
 
     darts = codegen.make_spec(make_plan(_cell_graph("darts_v2")))
     lstm = codegen.make_spec(make_plan(_cell_graph("lstm")))
-    plain = codegen.make_spec(make_plan(_cell_graph("nasbench_nlp", keep=lambda g: (
-        lambda s: s.passes <= 2 and not s.stacks())(codegen.make_spec(make_plan(g))))))
+    plain = codegen.make_spec(make_plan(_cell_graph("nasbench_nlp", keep=unstacked_within_two_passes)))
     fwd = rule(darts, 64, 512, torch.float32)
     assert (fwd["KS"], fwd["BLOCK_K"], fwd["KP"], fwd["NK"]) == (2, 16, 1, 16), fwd
     groups = ("KP", "KC", "BLOCK_B", "BLOCK_H", "BLOCK_K", "NK", "num_warps")
@@ -433,8 +437,9 @@ def test_fp32_small_tiles_rule(monkeypatch) -> None:
         assert tuple(bwd[k] for k in groups) == (8, 8, 16, 16, 16, 4, warps), bwd
         assert bwd["NB"] * bwd["NPC"] * bwd["KP"] == 128 and bwd["NPC"] * bwd["JPP"] * 8 * 16 >= 512, bwd
     assert tuple(rule(plain, 64, 512, torch.float32)[k] for k in groups) == (8, 8, 16, 16, 16, 4, 4)
-    assert rule(plain, 64, 1024, torch.float32)["JPP"] * rule(plain, 64, 1024, torch.float32)["NPC"] * 128 >= 1024
-    assert rule(lstm, 64, 512, torch.float32)["KS"] == 2 and rule(lstm, 64, 512, torch.float32)["KP"] == 1
+    wide, lstm_fwd = rule(plain, 64, 1024, torch.float32), rule(lstm, 64, 512, torch.float32)
+    assert wide["JPP"] * wide["NPC"] * 128 >= 1024
+    assert lstm_fwd["KS"] == 2 and lstm_fwd["KP"] == 1
     assert rule(lstm, 16, 256, torch.float32)["KS"] == 1  # K groups there (KP 4 over 4-row tiles, KC 1)
     assert bwd_rule(plain, 64, 256)["KC"] == 1  # H < 512: too few columns for 8 groups of 16 x 128
     assert bwd_rule(plain, 160, 512)["KC"] == 1  # 10 batch tiles x 8 groups: more than 132 programs
