@@ -348,11 +348,15 @@ class Search:
             return "min"
 
     def _stop(self, dispatcher: Dispatcher, why: str) -> int:
-        """Cancel what runs; running trials go back to pending for `nas search resume`."""
-        lost = dispatcher.cancel_all()
+        """Cancel what runs; running trials go back to pending for `nas search resume`.
+
+        The database is marked first: should the cancel take the process down (a Ray
+        bug, a second kill), the search still reads as stopped and resumable.
+        """
         n = self.store.mark_running_as(self.record.id, status="pending",
                                        error=f"{why}; `nas search resume` runs it again")
         self.store.set_search_status(self.record.id, "stopped")
+        lost = dispatcher.cancel_all()
         dispatcher.shutdown()
         self.progress.running = 0
         return max(n, len(lost))

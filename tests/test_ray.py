@@ -266,6 +266,8 @@ def test_ctrl_c_cancels_marks_and_says_how_to_resume(ray_address, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
     assert "nas search resume c" in out and "Traceback" not in out + err
+    # the cancelled trials' workers are gone: the cluster has its CPUs back
+    wait_for(lambda: ray.available_resources().get("CPU", 0.0) >= 2.0, timeout=20)
     trials = store.trials("c")
     assert not [t for t in trials if t.status == "running"]
     cancelled = [t for t in trials if t.status == "pending" and t.error and "Ctrl-C" in t.error]
