@@ -403,6 +403,12 @@ class RayDispatcher(Dispatcher):
     def in_flight(self) -> int:
         return len(self._flights)
 
+    @property
+    def ends_tasks_on_shutdown(self) -> bool:
+        """True on a Ray connection of this dispatcher's own: `shutdown` disconnects it,
+        and Ray then ends every task the job started and kills their workers at once."""
+        return self._owns_ray
+
     # -- submitting ----------------------------------------------------------------------------
     def submit(self, spec: TrialSpec) -> None:
         fn = _run_gpu_trial if (self.gpus_per_trial > 0 and not self.noop) else _run_cpu_trial
@@ -521,7 +527,7 @@ class RayDispatcher(Dispatcher):
         CI on Ctrl-C), and with it the cleanup and the resume hint.
         """
         ids = [f.spec.trial_id for f in self._flights.values()]
-        if ids and not self._owns_ray:
+        if ids and not self.ends_tasks_on_shutdown:
             refs = list(self._flights)
             finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             for ref in set(refs) - set(finished):  # a finished task's cancel is the race's window
@@ -531,7 +537,7 @@ class RayDispatcher(Dispatcher):
                 self._channel.stop.remote(ids)
         self._flights.clear()
         self._by_trial.clear()
-        if self._owns_ray:
+        if self.ends_tasks_on_shutdown:
             self.shutdown()
         return ids
 
