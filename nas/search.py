@@ -351,13 +351,16 @@ class Search:
         """Cancel what runs; running trials go back to pending for `nas search resume`.
 
         The database is marked first: should the cancel take the process down (a Ray
-        bug, a second kill), the search still reads as stopped and resumable.
+        bug, a second kill), the search still reads as stopped and resumable. The cancel
+        happens even when the database cannot be written (the error the driver stops for).
         """
-        n = self.store.mark_running_as(self.record.id, status="pending",
-                                       error=f"{why}; `nas search resume` runs it again")
-        self.store.set_search_status(self.record.id, "stopped")
-        lost = dispatcher.cancel_all()
-        dispatcher.shutdown()
+        try:
+            n = self.store.mark_running_as(self.record.id, status="pending",
+                                           error=f"{why}; `nas search resume` runs it again")
+            self.store.set_search_status(self.record.id, "stopped")
+        finally:
+            lost = dispatcher.cancel_all()
+            dispatcher.shutdown()
         self.progress.running = 0
         return max(n, len(lost))
 
