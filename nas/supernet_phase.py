@@ -73,8 +73,9 @@ def _events(dispatcher, spec: dict[str, Any], checkpoint: str | None, holder: di
     if dispatcher.gpus_per_trial > 0:
         spec = {**spec, "device": "cuda" if not str(spec.get("device", "")).startswith("cuda") else spec["device"]}
     gen = submit_darts_job(spec, checkpoint, num_cpus=dispatcher.cpus_per_trial, num_gpus=dispatcher.gpus_per_trial)
-    holder["ray_gen"] = gen
-    holder["ends_on_shutdown"] = getattr(dispatcher, "ends_tasks_on_shutdown", False)
+    # kept to cancel, unless the dispatcher's shutdown ends it (a cancel may race: RayDispatcher.cancel_all)
+    if not getattr(dispatcher, "ends_tasks_on_shutdown", False):
+        holder["ray_gen"] = gen
     for ref in gen:
         yield ray.get(ref)
 
@@ -136,10 +137,8 @@ def run_supernet_phase(search, dispatcher, update: Callable, deadline: float | N
 
 
 def _cancel(holder: dict[str, Any]) -> None:
-    """Cancel the Ray job, unless the dispatcher's shutdown (which follows) ends it: a
-    cancel racing with the task's end can abort the driver (see RayDispatcher.cancel_all)."""
     gen = holder.get("ray_gen")
-    if gen is not None and not holder.get("ends_on_shutdown"):
+    if gen is not None:
         import ray
 
         try:

@@ -519,26 +519,27 @@ class RayDispatcher(Dispatcher):
     def cancel_all(self) -> list[int]:
         """Stop the trials in flight; return their ids.
 
-        On a Ray connection of its own, the dispatcher ends them by disconnecting
-        (`shutdown`, which `nas.search` calls next): Ray ends a finished job's tasks and
-        kills their workers at once. `ray.cancel` is kept for a Ray someone else started,
-        because in Ray 2.60 a cancel that races with a task just finishing aborts the
-        driver process (RAY_CHECK "Tried to complete task that was not pending", seen in
-        CI on Ctrl-C), and with it the cleanup and the resume hint.
+        On a Ray connection of its own the dispatcher does not cancel: it shuts down, and
+        Ray ends the disconnected job's tasks and kills their workers at once. In Ray 2.60
+        a `ray.cancel` that races with a task just finishing aborts the driver (RAY_CHECK
+        "Tried to complete task that was not pending", seen in CI on Ctrl-C), and with it
+        the cleanup and the resume hint. On a Ray someone else started, disconnecting is
+        not ours to do: the unfinished tasks are force-cancelled.
         """
         ids = [f.spec.trial_id for f in self._flights.values()]
-        if ids and not self.ends_tasks_on_shutdown:
-            refs = list(self._flights)
+        refs = list(self._flights)
+        self._flights.clear()
+        self._by_trial.clear()
+        if self.ends_tasks_on_shutdown:
+            self.shutdown()
+            return ids
+        if refs:
             finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
             for ref in set(refs) - set(finished):  # a finished task's cancel is the race's window
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             with contextlib.suppress(Exception):  # what a cancel missed stops at its next report
                 self._channel.stop.remote(ids)
-        self._flights.clear()
-        self._by_trial.clear()
-        if self.ends_tasks_on_shutdown:
-            self.shutdown()
         return ids
 
     def shutdown(self) -> None:
